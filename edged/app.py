@@ -1,0 +1,153 @@
+"""Wires the daemon from one Settings object; owns threads, signals and shutdown.
+
+SIGTERM/SIGINT: stop intake (without unsubscribing: the broker keeps the session),
+drain both lanes, publish ``offline``, disconnect, exit 0. SIGHUP: reload the config file;
+an invalid file is reported and the running config kept.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .commands import ActionError, ActionRegistry, CommandLane, Request
+from .config import ConfigError, Settings
+from .detector import make_detector
+from .logs import get_logger
+from .messages import RawMessage, Topics, is_excluded
+from .mqtt import MqttLink
+from .pipeline import SensorPipeline
+from .stats import Stats
+
+log = get_logger("edged.app")
+
+
+class Daemon:
+    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+        self.settings = settings
+        self._reload = reload
+        self.topics = Topics(settings.mqtt.base_topic, settings.node_id)
+        self.stats = Stats()
+        detector = make_detector(settings.anomaly.detector, settings.anomaly.window, settings.anomaly.learning_readings)
+        self.mqtt = MqttLink(settings, self.topics, self._on_message, self._on_connected)
+        self.pipeline = SensorPipeline(settings, self.topics, detector, self.mqtt.publish, self.stats)
+        self.pipeline.stats_extra = lambda: {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
+                                             "commands_queue_depth": len(self.commands._queue)}
+        self.registry = ActionRegistry()
+        self.registry.register("status", self._action_status)
+        self.registry.register("metrics", self._action_metrics)
+        self.commands = CommandLane(self.topics, self.registry, self.mqtt.publish, self.stats)
+        self._stopping = threading.Event()
+        self._hup = threading.Event()
+
+    # ------------------------------------------------------------------ routing (network thread)
+    def _on_message(self, msg: RawMessage) -> None:
+        if msg.topic.startswith(self.topics.request_prefix):
+            self.commands.offer(msg)
+        else:
+            self.pipeline.offer(msg)
+
+    def _on_connected(self) -> None:
+        self.pipeline.request_reannounce()
+
+    def wanted_subscriptions(self) -> dict[str, int]:
+        qos = self.settings.mqtt.qos
+        wanted = {f: qos for f in self.settings.sensors.topics}
+        wanted[self.topics.request_filter] = 1
+        return wanted
+
+    # ------------------------------------------------------------------ actions
+    def _action_status(self, request: Request) -> dict:
+        p = self.pipeline
+        with p.lock:
+            return {
+                "node": self.topics.node,
+                "version": __version__,
+                "uptime_s": round(time.time() - p.started, 1),
+                "connected": self.mqtt.connected.is_set(),
+                "metrics": len(p.decisions),
+                "status": p.status_counts(),
+                "open_episodes": p.open_episodes(),
+                "detector": p.detector.name,
+                "queue_depth": p.queue_depth,
+            }
+
+    def _action_metrics(self, request: Request) -> dict:
+        pattern = request.args.get("match", "*")
+        if not isinstance(pattern, str):
+            raise ActionError("match must be a glob string, e.g. \"greenhouse/*\"")
+        p = self.pipeline
+        with p.lock:
+            items = [
+                {"metric": name, **p.state_payload(slot)}
+                for slot, name in enumerate(p.store.names)
+                if is_excluded(name, [pattern])
+            ]
+        return {"count": len(items), "metrics": items}
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self, *_: object) -> None:
+        self._stopping.set()
+
+    def request_reload(self, *_: object) -> None:
+        self._hup.set()
+
+    def reload(self) -> None:
+        if self._reload is None:
+            return
+        try:
+            new = self._reload()
+        except ConfigError as exc:
+            log.error("reload_rejected", error=str(exc), hint="the running configuration is kept")
+            return
+        restart_needed = [s for s in ("mqtt", "node") if getattr(new, s) != getattr(self.settings, s)]
+        self.settings = new
+        self.pipeline.apply_settings(new)
+        self.mqtt.set_wanted(self.wanted_subscriptions())
+        log.info("reloaded", needs_restart=restart_needed or None)
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self.request_reload)
+
+    def run(self) -> int:
+        self._state_dir_writable()
+        lanes = [
+            threading.Thread(target=self.pipeline.run, name="sensor-lane", daemon=True),
+            threading.Thread(target=self.commands.run, name="command-lane", daemon=True),
+        ]
+        for t in lanes:
+            t.start()
+        self.mqtt.set_wanted(self.wanted_subscriptions())
+        self.mqtt.start()
+        log.info("started", version=__version__, node=self.topics.node, detector=self.pipeline.detector.name,
+                 topics=self.settings.sensors.topics)
+        while not self._stopping.wait(0.5):
+            if self._hup.is_set():
+                self._hup.clear()
+                self.reload()
+        log.info("stopping")
+        self.pipeline.close_intake()
+        self.pipeline.stop()
+        self.commands.stop()
+        for t in lanes:
+            t.join(timeout=10)
+        self.pipeline.publish_stats()
+        self.mqtt.stop()
+        log.info("stopped")
+        return 0
+
+    def _state_dir_writable(self) -> bool:
+        path = Path(self.settings.node.state_dir)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return True
+        except OSError as exc:
+            log.warning("state_dir_unavailable", path=str(path), error=exc.strerror)
+            return False

@@ -1,0 +1,226 @@
+"""The `edged` command line: thin — parse, set up logs, call config / app / simulate.
+
+Exit codes: 0 success, 2 bad usage or configuration, 1 anything else. Errors are one
+message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import __version__
+from .config import ConfigError, config_path, get_value, load_settings, masked_dict, read_toml, world_readable_secret_warning
+
+app = typer.Typer(
+    name="edged",
+    help="Edge inference daemon: MQTT sensor streams in, anomaly scores, events and answers out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Create, inspect and change the TOML configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="config file (default: $EDGED_CONFIG, then /etc/edged/edged.toml)")
+
+
+class Exit(Exception):
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edged {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """edged: see `edged COMMAND --help`."""
+
+
+def _settings(config: Optional[Path], overrides: dict[str, Any] | None = None):
+    return load_settings(config, overrides=overrides)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    config: Optional[Path] = ConfigOpt,
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="auto | json | console"),
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="debug | info | warning | error"),
+) -> None:
+    """Run the daemon (what systemd starts)."""
+    from .app import Daemon
+    from .logs import get_logger, setup_logging
+
+    overrides: dict[str, Any] = {}
+    if log_format:
+        overrides.setdefault("log", {})["format"] = log_format
+    if log_level:
+        overrides.setdefault("log", {})["level"] = log_level
+    settings = _settings(config, overrides)
+    setup_logging(settings.log.level, settings.log.format)
+    path = config_path(config)
+    if path.exists():
+        warning = world_readable_secret_warning(path, read_toml(path, missing_ok=True))
+        if warning:
+            get_logger("edged").warning("insecure_config", detail=warning)
+    daemon = Daemon(settings, reload=lambda: _settings(config, overrides))
+    daemon.install_signals()
+    raise typer.Exit(daemon.run())
+
+
+# --------------------------------------------------------------------------- config
+
+
+@config_app.command("init")
+def config_init(
+    path: Optional[Path] = typer.Argument(None, help="where to write (default: the --config path)"),
+    config: Optional[Path] = ConfigOpt,
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Write a commented default configuration file."""
+    from .config_file import init_file
+
+    target = path or config_path(config)
+    init_file(target, force=force)
+    typer.echo(f"wrote {target}")
+
+
+@config_app.command("show")
+def config_show(
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of TOML"),
+) -> None:
+    """Print the effective configuration (file + environment), secrets masked."""
+    import tomlkit
+
+    data = masked_dict(_settings(config))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        typer.echo(tomlkit.dumps(data).rstrip())
+
+
+@config_app.command("get")
+def config_get(key: str = typer.Argument(..., help="SECTION.KEY, e.g. mqtt.port"), config: Optional[Path] = ConfigOpt) -> None:
+    """Print one effective value."""
+    value = get_value(_settings(config), key)
+    typer.echo(json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value))
+
+
+@config_app.command("set")
+def config_set(
+    key: str = typer.Argument(..., help="SECTION.KEY, e.g. mqtt.port"),
+    value: str = typer.Argument(..., help="a TOML value: 1884, true, \"text\", [\"a/#\"]; bare words are strings"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Change one key in the file, keeping its comments; validated before writing."""
+    from .config_file import set_value
+
+    target = config_path(config)
+    written = set_value(target, key, value)
+    typer.echo(f"{key} = {json.dumps(written.unwrap() if hasattr(written, 'unwrap') else written)} in {target}")
+
+
+@config_app.command("validate")
+def config_validate(config: Optional[Path] = ConfigOpt) -> None:
+    """Check the configuration; exit 0 when valid, 2 with the reasons otherwise."""
+    _settings(config)
+    typer.echo(f"{config_path(config)}: ok")
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+@app.command()
+def simulate(
+    config: Optional[Path] = ConfigOpt,
+    host: Optional[str] = typer.Option(None, help="broker host (default: mqtt.host)"),
+    port: Optional[int] = typer.Option(None, help="broker port (default: mqtt.port)"),
+    prefix: str = typer.Option("sensors/sim", help="topic prefix of the simulated devices"),
+    metrics: int = typer.Option(4, min=1, help="number of simulated metrics"),
+    rate: float = typer.Option(1.0, min=0.001, help="readings per second per metric"),
+    duration: float = typer.Option(60.0, min=0, help="seconds of data to publish (0: until Ctrl-C)"),
+    fmt: str = typer.Option("mixed", "--format", help="bare | json | multi | senml | mixed"),
+    anomalies: str = typer.Option("spike,shift,stuck,dropout", help="comma list of spike, shift, stuck, dropout, none"),
+    anomaly_every: float = typer.Option(120.0, help="seconds between injected anomalies per metric"),
+    speedup: float = typer.Option(1.0, min=0.001, help="simulated seconds per wall second (timestamps follow)"),
+    seed: int = typer.Option(7, help="random seed"),
+    qos: int = typer.Option(0, min=0, max=1),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress line"),
+) -> None:
+    """Publish realistic simulated sensor streams with injected anomalies."""
+    from .simulate import SimulationSpec, run_simulation
+
+    settings = _settings(config)
+    spec = SimulationSpec(
+        prefix=prefix, metrics=metrics, rate=rate, duration=duration, fmt=fmt,
+        anomalies=tuple(a.strip() for a in anomalies.split(",") if a.strip()),
+        anomaly_every=anomaly_every, speedup=speedup, seed=seed, qos=qos,
+    )
+    spec.validate()
+    sent = run_simulation(spec, host or settings.mqtt.host, port or settings.mqtt.port, settings, quiet=quiet)
+    if not quiet:
+        typer.echo(f"published {sent} messages")
+
+
+# --------------------------------------------------------------------------- status
+
+
+@app.command()
+def status(
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="print the daemon's reply as JSON"),
+    timeout: float = typer.Option(5.0, help="seconds to wait for the daemon"),
+) -> None:
+    """Ask the running daemon for its status over MQTT."""
+    from .mqtt import request
+
+    settings = _settings(config)
+    reply = request(settings, "status", {}, timeout=timeout)
+    if as_json:
+        typer.echo(json.dumps(reply, indent=2))
+    else:
+        d = reply.get("data", {})
+        typer.echo(f"node {d.get('node')}  edged {d.get('version')}  up {d.get('uptime_s')} s  "
+                   f"broker {'connected' if d.get('connected') else 'disconnected'}")
+        typer.echo(f"metrics {d.get('metrics')}  " + "  ".join(f"{k} {v}" for k, v in sorted(d.get("status", {}).items())))
+        for ep in d.get("open_episodes", []):
+            typer.echo(f"  open {ep['kind']} episode {ep['id']} on {ep['metric']}")
+    if reply.get("status") != "ok":
+        raise Exit(1, reply.get("error", "error reply"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="edged", standalone_mode=True)
+    except ConfigError as exc:
+        typer.echo(f"edged: {exc}", err=True)
+        sys.exit(2)
+    except Exit as exc:
+        if exc.message:
+            typer.echo(f"edged: {exc.message}", err=True)
+        sys.exit(exc.code)
+    except ValueError as exc:
+        typer.echo(f"edged: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except OSError as exc:
+        typer.echo(f"edged: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,232 @@
+"""Pure decisions: scores → statuses and anomaly episodes, with hysteresis; summaries.
+
+No I/O and no clock: the pipeline passes times in, gets events out. An episode starts when
+a metric's score reaches its threshold and ends only after ``end_after`` consecutive
+readings below ``threshold x end_ratio``, so a noisy metric near the threshold does not
+flap. Silence (no reading for too long) is an episode of kind ``silence``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+LEARNING, OK, ANOMALOUS, STALE, MUTED = "learning", "ok", "anomalous", "stale", "muted"
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    median: float
+    p05: float
+    p95: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "Baseline | None":
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            return None
+        p05, med, p95 = np.percentile(finite, [5, 50, 95])
+        return cls(float(med), float(p05), float(p95))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"median": self.median, "p05": self.p05, "p95": self.p95}
+
+
+@dataclass(slots=True)
+class Episode:
+    id: str
+    kind: str  # "value" | "silence"
+    metric: str
+    start_ts: float
+    baseline: Baseline | None
+    direction: str  # "up" | "down" | "none"
+    value: float
+    peak: float
+    score: float
+    last_ts: float
+    unit: str | None = None
+    expected_interval_s: float | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.last_ts - self.start_ts)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An anomaly event, ready to be encoded as the anomaly/<metric> payload."""
+
+    event: str  # "start" | "end"
+    episode: Episode
+    ts: float
+    summary: str
+
+    def payload(self) -> dict:
+        ep = self.episode
+        return {
+            "id": ep.id,
+            "event": self.event,
+            "kind": ep.kind,
+            "metric": ep.metric,
+            "ts": round(self.ts, 3),
+            "start": round(ep.start_ts, 3),
+            "score": _finite(ep.score),
+            "value": _finite(ep.value),
+            "peak": _finite(ep.peak),
+            "baseline": ep.baseline.as_dict() if ep.baseline else None,
+            "direction": ep.direction,
+            "duration_s": round(ep.duration_s, 3),
+            "unit": ep.unit,
+            "summary": self.summary,
+        }
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+# --------------------------------------------------------------------------- wording
+
+
+def fmt_number(v: float) -> str:
+    if not math.isfinite(v):
+        return str(v)
+    a = abs(v)
+    if a >= 1000 or v == int(v):
+        text = f"{v:.0f}"
+    elif a >= 10:
+        text = f"{v:.1f}"
+    elif a >= 0.1:
+        text = f"{v:.2f}"
+    else:
+        text = f"{v:.3g}"
+    if "." in text and "e" not in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def fmt_value(v: float, unit: str | None) -> str:
+    if not unit:
+        return fmt_number(v)
+    glue = "" if unit in ("%", "°C", "°F", "°", "‰") else " "
+    return f"{fmt_number(v)}{glue}{unit}"
+
+
+def fmt_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 90:
+        return f"{s} second{'s' if s != 1 else ''}"
+    m = round(s / 60)
+    if m < 90:
+        return f"{m} minutes"
+    h = s / 3600
+    return f"{h:.1f} hours".replace(".0 ", " ")
+
+
+def fmt_clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%H:%M")
+
+
+def summarize(event: str, ep: Episode) -> str:
+    """The template summary: one plain sentence, only facts from the episode."""
+    if ep.kind == "silence":
+        interval = f" (expected every {fmt_duration(ep.expected_interval_s)})" if ep.expected_interval_s else ""
+        if event == "end":
+            return f"{ep.metric} is reporting again after {fmt_duration(ep.duration_s)} of silence."
+        return f"{ep.metric} has sent no reading since {fmt_clock(ep.start_ts)}{interval}."
+    typical = ""
+    if ep.baseline:
+        typical = f" (typical {fmt_value(ep.baseline.p05, None)}–{fmt_value(ep.baseline.p95, ep.unit)})"
+    verb = {"up": "rose to", "down": "fell to"}.get(ep.direction, "changed to")
+    if event == "end":
+        peak_word = "peak" if ep.direction != "down" else "low"
+        return (
+            f"{ep.metric} is back to normal at {fmt_value(ep.value, ep.unit)} after "
+            f"{fmt_duration(ep.duration_s)} ({peak_word} {fmt_value(ep.peak, ep.unit)}{typical and ', ' + typical[2:-1]})."
+        )
+    so_far = f", {fmt_duration(ep.duration_s)} so far" if ep.duration_s >= 1 else ""
+    return f"{ep.metric} {verb} {fmt_value(ep.value, ep.unit)}{typical} at {fmt_clock(ep.start_ts)}{so_far}."
+
+
+# --------------------------------------------------------------------------- state machine
+
+
+@dataclass(slots=True)
+class MetricDecision:
+    """One metric's episode state. ``below`` counts consecutive readings under the end level."""
+
+    metric: str
+    episode: Episode | None = None
+    silence: Episode | None = None
+    below: int = 0
+    status: str = LEARNING
+    last_score: float = float("nan")
+    muted_until: float = 0.0
+    history_readings: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def decide_value(
+    state: MetricDecision,
+    *,
+    ts: float,
+    value: float,
+    score: float,
+    threshold: float,
+    end_ratio: float,
+    end_after: int,
+    context: np.ndarray,
+    unit: str | None,
+) -> list[Event]:
+    """Advance one metric by one scored reading."""
+    events: list[Event] = []
+    state.last_score = score
+    if state.silence is not None:  # a reading ends a silence episode
+        ep = state.silence
+        ep.last_ts = ts
+        events.append(Event("end", ep, ts, summarize("end", ep)))
+        state.silence = None
+    if math.isnan(score):
+        state.status = ANOMALOUS if state.episode else LEARNING
+        return events
+    ep = state.episode
+    if ep is None:
+        if score >= threshold:
+            baseline = Baseline.of(context)
+            direction = "none"
+            if baseline:
+                direction = "up" if value > baseline.median else "down" if value < baseline.median else "none"
+            ep = Episode(_new_id(), "value", state.metric, ts, baseline, direction, value, value, score, ts, unit)
+            state.episode, state.below = ep, 0
+            events.append(Event("start", ep, ts, summarize("start", ep)))
+    else:
+        ep.value, ep.last_ts, ep.score = value, ts, max(ep.score, score)
+        centre = ep.baseline.median if ep.baseline else 0.0
+        if abs(value - centre) > abs(ep.peak - centre):
+            ep.peak = value
+        state.below = state.below + 1 if score < threshold * end_ratio else 0
+        if state.below >= end_after:
+            events.append(Event("end", ep, ts, summarize("end", ep)))
+            state.episode, state.below = None, 0
+    state.status = ANOMALOUS if state.episode else OK
+    return events
+
+
+def decide_silence(
+    state: MetricDecision, *, now: float, last_ts: float, interval: float, stale_after: float, unit: str | None
+) -> list[Event]:
+    """Called by the periodic tick: a metric silent for longer than ``stale_after`` goes stale."""
+    if state.silence is not None or not math.isfinite(last_ts) or now - last_ts <= stale_after:
+        return []
+    ep = Episode(_new_id(), "silence", state.metric, last_ts, None, "none", float("nan"), float("nan"), 1.0, now, unit, interval)
+    state.silence = ep
+    state.status = STALE
+    return [Event("start", ep, now, summarize("start", ep))]

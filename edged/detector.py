@@ -1,0 +1,67 @@
+"""The Detector protocol and the built-in rolling robust z-score detector.
+
+A detector scores a batch of metric windows in one call: ``values`` and ``times`` are
+``(batch, length)`` arrays, oldest first, NaN-padded on the left, the last column being the
+reading to score. It returns one score per row in [0, 1] (NaN while the metric is still
+learning). ``slots`` identify the metrics so a detector can keep per-metric state
+(normalisation, calibration) in arrays indexed by slot; ``reset(slot)`` forgets it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Detector(Protocol):
+    name: str
+    window: int  # readings of context (the scored reading included) the detector wants
+
+    def score(self, slots: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray: ...
+
+    def reset(self, slot: int) -> None: ...
+
+
+class RobustZScoreDetector:
+    """|x - median| / (1.4826 MAD) over the preceding window, squashed into [0, 1].
+
+    ``z_half`` is the z at which the score is 0.5: score = z² / (z² + z_half²). The scale has
+    a floor (a share of the window's spread and of the level) so a perfectly flat metric
+    does not alarm on its first rounding change.
+    """
+
+    name = "zscore"
+
+    def __init__(self, window: int = 64, learning_readings: int = 30, z_half: float = 6.0) -> None:
+        self.window = window
+        self.learning_readings = learning_readings
+        self.z_half = z_half
+
+    def score(self, slots: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
+        context = values[:, :-1]
+        current = values[:, -1]
+        n = np.sum(~np.isnan(context), axis=1)
+        scores = np.full(len(current), np.nan)
+        ready = n >= max(self.learning_readings - 1, 2)
+        if not ready.any():
+            return scores
+        ctx = context[ready]
+        with np.errstate(all="ignore"):
+            med = np.nanmedian(ctx, axis=1)
+            mad = np.nanmedian(np.abs(ctx - med[:, None]), axis=1)
+            spread = np.nanmax(ctx, axis=1) - np.nanmin(ctx, axis=1)
+            scale = np.maximum.reduce([1.4826 * mad, 0.05 * spread, 1e-3 * np.abs(med), np.full_like(med, 1e-9)])
+            z = np.abs(current[ready] - med) / scale
+        scores[ready] = z * z / (z * z + self.z_half**2)
+        return scores
+
+    def reset(self, slot: int) -> None:  # stateless: everything comes from the window
+        return None
+
+
+def make_detector(kind: str, window: int, learning_readings: int) -> Detector:
+    if kind == "zscore":
+        return RobustZScoreDetector(window=window, learning_readings=learning_readings)
+    raise ValueError(f"unknown detector {kind!r}")

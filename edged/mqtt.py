@@ -1,0 +1,272 @@
+"""The only paho-mqtt importer: connection, TLS, auth, LWT, backoff, subscriptions.
+
+Reconnecting is owned by one policy: paho's own loop with ``reconnect_delay_set``
+(exponential, capped at ``mqtt.reconnect_max_s``). Subscriptions are (re)made in
+``on_connect``, and ``online`` is published there, so a broker restart is invisible to
+users. Callbacks run on paho's network thread and only wrap messages into frozen
+``RawMessage`` values for the lanes.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .config import Settings
+from .logs import get_logger
+from .messages import RawMessage, Topics
+
+log = get_logger("edged.mqtt")
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        on_message: Callable[[RawMessage], None],
+        on_connected: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.topics = topics
+        self._on_message_cb = on_message
+        self._on_connected_cb = on_connected
+        self._wanted: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.connects = 0
+        self.publish_failures = 0
+        self._last_fail_log = 0.0
+        cfg = settings.mqtt
+        self.v5 = cfg.protocol == "v5"
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
+            clean_session=None if self.v5 else False,
+        )
+        paho_logger = logging.getLogger("paho")
+        paho_logger.setLevel(logging.DEBUG if settings.log.level == "debug" else logging.WARNING)
+        self.client.enable_logger(paho_logger)
+        if cfg.username:
+            password = cfg.password.get_secret_value() if cfg.password else None
+            self.client.username_pw_set(cfg.username, password)
+        if cfg.tls:
+            self.client.tls_set(
+                ca_certs=cfg.ca_file or None,
+                certfile=cfg.cert_file or None,
+                keyfile=cfg.key_file or None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        self.client.will_set(topics.status, "offline", qos=1, retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(cfg.reconnect_max_s)))
+        self.client.max_queued_messages_set(cfg.max_queued_messages)
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        cfg = self.settings.mqtt
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = cfg.session_expiry_s
+        kwargs = {"clean_start": False, "properties": props} if self.v5 else {}
+        self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, **kwargs)
+        self.client.loop_start()
+        log.info("mqtt_connecting", host=cfg.host, port=cfg.port, protocol=cfg.protocol, tls=cfg.tls,
+                 client_id=self.settings.client_id)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish ``offline`` (retained), disconnect cleanly, keep the broker session."""
+        if self.connected.is_set():
+            info = self.client.publish(self.topics.status, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # ------------------------------------------------------------------ subscriptions
+    def set_wanted(self, filters: dict[str, int]) -> None:
+        """Make the subscriptions equal ``filters`` (filter → QoS), diffing against the current set."""
+        with self._lock:
+            added = {f: q for f, q in filters.items() if self._wanted.get(f) != q}
+            removed = [f for f in self._wanted if f not in filters]
+            self._wanted = dict(filters)
+        if self.connected.is_set():
+            if added:
+                self.client.subscribe(list(added.items()))
+            if removed:
+                self.client.unsubscribe(removed)
+        if added or removed:
+            log.info("mqtt_subscriptions", added=sorted(added), removed=sorted(removed))
+
+    # ------------------------------------------------------------------ publish
+    def publish(
+        self,
+        topic: str,
+        payload: str | bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+    ) -> bool:
+        props = None
+        if correlation_data is not None and self.v5:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation_data
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self.publish_failures += 1
+            return False
+        return True
+
+    # ------------------------------------------------------------------ callbacks (network thread)
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("mqtt_refused", reason=str(reason_code), host=self.settings.mqtt.host,
+                        hint=_refusal_hint(str(reason_code)))
+            return
+        self.connects += 1
+        self.connected.set()
+        client.publish(self.topics.status, "online", qos=1, retain=True)
+        with self._lock:
+            wanted = list(self._wanted.items())
+        if wanted:
+            client.subscribe(wanted)
+        log.info("mqtt_connected", session_present=bool(getattr(flags, "session_present", False)),
+                 subscriptions=len(wanted), connects=self.connects)
+        self._on_connected_cb()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho retries with its capped backoff; this runs once per failed attempt.
+        log.warning("mqtt_connect_failed", host=self.settings.mqtt.host, port=self.settings.mqtt.port,
+                    retry_max_s=self.settings.mqtt.reconnect_max_s)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was:
+            log.warning("mqtt_disconnected", reason=str(reason_code))
+
+    def _on_message(self, client, userdata, msg) -> None:
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        user_props = tuple(getattr(props, "UserProperty", ()) or ()) if props else ()
+        self._on_message_cb(
+            RawMessage(
+                topic=msg.topic,
+                payload=bytes(msg.payload),
+                received=time.time(),
+                qos=msg.qos,
+                mid=msg.mid,
+                dup=bool(msg.dup),
+                retain=bool(msg.retain),
+                response_topic=response_topic,
+                correlation_data=bytes(correlation) if correlation is not None else None,
+                user_properties=user_props,
+            )
+        )
+
+
+def _refusal_hint(reason: str) -> str:
+    text = reason.lower()
+    if "not authorized" in text or "bad user" in text or "password" in text:
+        return "check mqtt.username and the password (EDGED_MQTT__PASSWORD, mqtt.password_file or the credential)"
+    if "identifier" in text:
+        return "the broker rejected mqtt.client_id"
+    return "see the broker's log"
+
+
+# --------------------------------------------------------------------------- short-lived clients
+# Used by `edged simulate`, `edged status`, `edged ask`, tools and tests: same auth/TLS settings.
+
+
+def connect_client(settings: Settings, host: str | None = None, port: int | None = None,
+                   client_id: str = "", timeout: float = 10.0) -> paho.Client:
+    """A connected client with a running network loop; raises ConnectionError with a reason."""
+    cfg = settings.mqtt
+    v5 = cfg.protocol == "v5"
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+    if cfg.tls:
+        client.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None, keyfile=cfg.key_file or None)
+    client.max_queued_messages_set(0)
+    connected = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(c, u, flags, reason_code, props):
+        if reason_code.is_failure:
+            refused.append(str(reason_code))
+        connected.set()
+
+    client.on_connect = on_connect
+    host, port = host or cfg.host, port or cfg.port
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}") from None
+    client.loop_start()
+    if not connected.wait(timeout) or refused:
+        client.loop_stop()
+        why = refused[0] if refused else f"no CONNACK within {timeout:.0f} s"
+        raise ConnectionError(f"MQTT broker at {host}:{port} refused the connection: {why}")
+    return client
+
+
+def request(settings: Settings, action: str, args: dict, timeout: float = 5.0) -> dict:
+    """Send request/<action> and wait for the daemon's reply (v5 correlation, or transaction)."""
+    import json
+    import uuid
+
+    topics = Topics(settings.mqtt.base_topic, settings.node_id)
+    token = uuid.uuid4().hex
+    reply_topic = f"{topics.root}/response/{action}/{token}" if settings.mqtt.protocol == "v5" else topics.response(action)
+    got = threading.Event()
+    box: dict = {}
+    client = connect_client(settings, timeout=timeout)
+
+    def on_message(c, u, msg):
+        try:
+            data = json.loads(msg.payload)
+        except ValueError:
+            return
+        props = getattr(msg, "properties", None)
+        corr = getattr(props, "CorrelationData", None) if props else None
+        if (corr is not None and bytes(corr) == token.encode()) or (isinstance(data, dict) and data.get("transaction") == token):
+            box.update(data)
+            got.set()
+
+    client.on_message = on_message
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.subscribe(reply_topic, qos=1)
+    subscribed.wait(timeout)
+    props = None
+    if settings.mqtt.protocol == "v5":
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = reply_topic
+        props.CorrelationData = token.encode()
+    client.publish(topics.request_prefix + action, json.dumps({**args, "transaction": token}), qos=1, properties=props)
+    try:
+        if not got.wait(timeout):
+            raise TimeoutError(f"no reply from node {topics.node!r} within {timeout:.0f} s (is edged running?)")
+        return box
+    finally:
+        client.disconnect()
+        client.loop_stop()

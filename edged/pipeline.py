@@ -1,0 +1,437 @@
+"""The sensor lane: inbound queue → decode → windows → detector → decision → publish.
+
+``offer`` runs on the MQTT network thread and only appends to a bounded deque (the oldest
+message is dropped, and counted, when it is full). The lane thread drains the queue in
+batches; readings of one batch are grouped in rounds (round k holds the k-th reading of
+each metric), and each round is scored by one detector call, so every reading is scored in
+order and one call covers every metric that is due. A periodic tick runs in the same
+thread, data or not: coalesced state publishes, silence detection, the stats topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .config import Settings
+from .decision import (
+    LEARNING,
+    MUTED,
+    STALE,
+    Event,
+    MetricDecision,
+    decide_silence,
+    decide_value,
+)
+from .detector import Detector
+from .logs import get_logger
+from .messages import (
+    DecodeLimits,
+    RawMessage,
+    Reading,
+    Rejection,
+    Topics,
+    decode_payload,
+    is_excluded,
+    metric_name,
+    topic_matches,
+)
+from .stats import RejectionReporter, Stats
+from .windows import APPENDED, DUPLICATE, LATE, MetricStore
+
+log = get_logger("edged.pipeline")
+
+STATE_MIN_INTERVAL_S = 1.0  # a metric's state is published at most once a second
+TICK_S = 0.2
+BATCH_MAX = 2048
+
+
+class Publish(Protocol):
+    def __call__(
+        self, topic: str, payload: str | bytes, *, qos: int = 0, retain: bool = False,
+        correlation_data: bytes | None = None,
+    ) -> bool: ...
+
+
+@dataclass(slots=True)
+class _Scored:
+    slot: int
+    reading: Reading
+    received: float
+
+
+class Clock:
+    """``wall``: time.time(); ``data``: the newest reading timestamp seen (replays, tests)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.data_now = -math.inf
+
+    def observe(self, ts: float) -> None:
+        if ts > self.data_now:
+            self.data_now = ts
+
+    def now(self) -> float:
+        if self.mode == "data":
+            return self.data_now if math.isfinite(self.data_now) else time.time()
+        return time.time()
+
+
+class SensorPipeline:
+    def __init__(self, settings: Settings, topics: Topics, detector: Detector, publish: Publish,
+                 stats: Stats) -> None:
+        self.topics = topics
+        self.detector = detector
+        self.publish = publish
+        self.stats = stats
+        self.store = MetricStore(max(settings.anomaly.window, detector.window), settings.sensors.max_metrics)
+        self.decisions: list[MetricDecision] = []
+        self.lock = threading.RLock()  # held while state changes; the command lane reads under it
+        self.clock = Clock(settings.node.clock)
+        self.reporter = RejectionReporter()
+        self._queue: deque[RawMessage] = deque(maxlen=settings.sensors.queue_size)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._intake_open = True
+        self._last_state_pub = np.zeros(0)
+        self._pending_state: set[int] = set()
+        self._redeliveries: OrderedDict[tuple, None] = OrderedDict()
+        self._metric_cache: dict[str, bool] = {}
+        self._reannounce = threading.Event()
+        self._next_stats = 0.0
+        self.started = time.time()
+        self.last_progress = time.monotonic()
+        self.stats_extra: Callable[[], dict] = lambda: {}
+        self.apply_settings(settings)
+
+    # ------------------------------------------------------------------ configuration
+    def apply_settings(self, settings: Settings) -> None:
+        """(Re)read what the lane needs from the settings; safe on SIGHUP."""
+        with self.lock:
+            self.settings = settings
+            cfg = settings.sensors
+            self.filters = list(cfg.topics)
+            self.limits = DecodeLimits(cfg.max_payload_bytes, cfg.max_json_depth, cfg.future_tolerance_s)
+            self._metric_cache.clear()
+            self._thresholds: dict[int, float] = {}
+
+    def threshold_for(self, slot: int) -> float:
+        """threshold ** sensitivity: sensitivity 2 turns 0.5 into 0.25 (more alerts)."""
+        thr = self._thresholds.get(slot)
+        if thr is None:
+            rule = self.settings.override_for(self.store.names[slot])
+            sens = (rule.sensitivity if rule and rule.sensitivity else 1.0) * self.settings.anomaly.sensitivity
+            thr = self._thresholds[slot] = self.settings.anomaly.threshold ** sens
+        return thr
+
+    # ------------------------------------------------------------------ network thread
+    def offer(self, msg: RawMessage) -> None:
+        if not self._intake_open:
+            return
+        if len(self._queue) == self._queue.maxlen:
+            self.stats.incr("dropped")
+        self._queue.append(msg)
+        self._wake.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    # ------------------------------------------------------------------ lane
+    def run(self) -> None:
+        """Thread body: batches, and the tick at least every TICK_S."""
+        next_tick = time.monotonic()
+        while True:
+            timeout = max(0.0, next_tick - time.monotonic())
+            self._wake.wait(timeout)
+            self._wake.clear()
+            self.drain()
+            if time.monotonic() >= next_tick:
+                self.tick()
+                next_tick = time.monotonic() + TICK_S
+            self.last_progress = time.monotonic()
+            if self._stop.is_set() and not self._queue:
+                break
+        self.flush_states(force=True)
+
+    def close_intake(self) -> None:
+        self._intake_open = False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def request_reannounce(self) -> None:
+        self._reannounce.set()
+        self._wake.set()
+
+    def drain(self) -> None:
+        while self._queue:
+            batch = []
+            try:
+                for _ in range(BATCH_MAX):
+                    batch.append(self._queue.popleft())
+            except IndexError:
+                pass
+            self.process(batch)
+
+    # ------------------------------------------------------------------ processing
+    def _metric_of(self, topic: str) -> str | None:
+        for f in self.filters:
+            if topic_matches(f, topic):
+                return metric_name(f, topic)
+        return None
+
+    def _wanted(self, metric: str) -> bool:
+        wanted = self._metric_cache.get(metric)
+        if wanted is None:
+            wanted = not is_excluded(metric, self.settings.sensors.exclude)
+            if len(self._metric_cache) > 4 * self.store.max_metrics:
+                self._metric_cache.clear()
+            self._metric_cache[metric] = wanted
+        return wanted
+
+    def _is_redelivery(self, msg: RawMessage) -> bool:
+        """QoS 1 redeliveries of readings without timestamps: (topic, mid, payload hash)."""
+        if msg.qos == 0 or msg.mid == 0:
+            return False
+        key = (msg.topic, msg.mid, hashlib.blake2b(msg.payload, digest_size=8).digest())
+        if msg.dup and key in self._redeliveries:
+            return True
+        self._redeliveries[key] = None
+        if len(self._redeliveries) > 4096:
+            self._redeliveries.popitem(last=False)
+        return False
+
+    def reject(self, topic: str, rejection: Rejection, now: float) -> None:
+        self.stats.reject(rejection.reason)
+        count = self.reporter.should_report(topic, now)
+        if count:
+            log.warning("rejected", topic=topic[:200], reason=rejection.reason, detail=rejection.detail, count=count)
+            payload = {"topic": topic[:200], "reason": rejection.reason, "detail": rejection.detail, "count": count}
+            self.publish(self.topics.error, json.dumps(payload), qos=0)
+
+    def process(self, batch: list[RawMessage]) -> None:
+        now = time.time()
+        per_slot: dict[int, list[_Scored]] = {}
+        with self.lock:
+            for msg in batch:
+                metric = self._metric_of(msg.topic)
+                if metric is None:
+                    continue
+                if msg.qos and msg.dup and self._is_redelivery(msg):
+                    self.stats.incr("duplicates")
+                    continue
+                decoded = decode_payload(metric, msg.payload, msg.received, self.limits)
+                if isinstance(decoded, Rejection):
+                    self.reject(msg.topic, decoded, now)
+                    continue
+                if msg.qos and not msg.dup:
+                    self._is_redelivery(msg)
+                for reading in decoded:
+                    if not self._wanted(reading.metric):
+                        self.stats.incr("excluded")
+                        continue
+                    slot = self.store.slot(reading.metric)
+                    if slot is None:
+                        self.reject(msg.topic, Rejection(
+                            "metric_limit",
+                            f"metric {reading.metric!r} refused: sensors.max_metrics = {self.store.max_metrics} reached",
+                        ), now)
+                        continue
+                    if slot == len(self.decisions):
+                        self._new_metric(slot, reading.metric)
+                    if reading.unit and self.store.units[slot] != reading.unit:
+                        self.store.units[slot] = reading.unit
+                    per_slot.setdefault(slot, []).append(_Scored(slot, reading, msg.received))
+            self.stats.incr("readings", sum(len(v) for v in per_slot.values()))
+            depth = max((len(v) for v in per_slot.values()), default=0)
+            for k in range(depth):
+                self._score_round([v[k] for v in per_slot.values() if len(v) > k])
+
+    def _new_metric(self, slot: int, metric: str) -> None:
+        rule = self.settings.override_for(metric)
+        if rule and rule.unit:
+            self.store.units[slot] = rule.unit
+        self.decisions.append(MetricDecision(metric))
+        if len(self._last_state_pub) < self.store.capacity:
+            grown = np.zeros(self.store.capacity)
+            grown[: len(self._last_state_pub)] = self._last_state_pub
+            self._last_state_pub = grown
+        log.info("metric_added", metric=metric, metrics=len(self.decisions))
+
+    def _score_round(self, items: list[_Scored]) -> None:
+        slots = np.fromiter((i.slot for i in items), dtype=np.int64, count=len(items))
+        ts = np.fromiter((i.reading.ts for i in items), dtype=float, count=len(items))
+        values = np.fromiter((i.reading.value for i in items), dtype=float, count=len(items))
+        outcome = self.store.append(slots, ts, values)
+        if (outcome == DUPLICATE).any():
+            self.stats.incr("duplicates", int((outcome == DUPLICATE).sum()))
+        if (outcome == LATE).any():
+            self.stats.incr("late", int((outcome == LATE).sum()))
+        fresh = np.flatnonzero(outcome == APPENDED)
+        if fresh.size == 0:
+            return
+        for i in fresh:
+            if items[i].reading.has_ts:
+                self.clock.observe(items[i].reading.ts)
+        s = slots[fresh]
+        win_vals, win_times = self.store.windows(s, self.detector.window)
+        t0 = time.perf_counter()
+        scores = self.detector.score(s, win_vals, win_times)
+        self.stats.detector_latency.add(time.perf_counter() - t0)
+        self.stats.incr("scored", int(fresh.size))
+        mono = time.monotonic()
+        for row, i in enumerate(fresh):
+            item = items[i]
+            slot = item.slot
+            state = self.decisions[slot]
+            events = decide_value(
+                state,
+                ts=item.reading.ts,
+                value=item.reading.value,
+                score=float(scores[row]),
+                threshold=self.threshold_for(slot),
+                end_ratio=self.settings.anomaly.end_ratio,
+                end_after=self.settings.anomaly.end_after,
+                context=win_vals[row, :-1],
+                unit=self.store.units[slot],
+            )
+            if state.muted_until and state.muted_until > self.clock.now():
+                state.status = MUTED
+            self._emit(events)
+            if mono - self._last_state_pub[slot] >= STATE_MIN_INTERVAL_S:
+                self._publish_state(slot, mono)
+                self.stats.ingest_latency.add(time.time() - item.received)
+            else:
+                self._pending_state.add(slot)
+
+    # ------------------------------------------------------------------ publishing
+    def state_payload(self, slot: int) -> dict:
+        state = self.decisions[slot]
+        n = self.store.count[slot]
+        head = (n - 1) % self.store.window
+        value = float(self.store.values[slot, head]) if n else None
+        ts = float(self.store.times[slot, head]) if n else None
+        score = state.last_score
+        return {
+            "value": value,
+            "ts": round(ts, 3) if ts is not None else None,
+            "score": round(score, 4) if math.isfinite(score) else None,
+            "status": state.status,
+            "unit": self.store.units[slot],
+        }
+
+    def _publish_state(self, slot: int, mono: float) -> None:
+        self._last_state_pub[slot] = mono
+        self._pending_state.discard(slot)
+        self.publish(self.topics.state(self.store.names[slot]), json.dumps(self.state_payload(slot)),
+                     qos=self.settings.mqtt.qos, retain=True)
+        self.stats.incr("states_published")
+
+    def _emit(self, events: list[Event]) -> None:
+        for ev in events:
+            state = self.decisions[self.store.index[ev.episode.metric]]
+            if state.muted_until and state.muted_until > self.clock.now():
+                self.stats.incr("events_muted")
+                continue
+            self.publish(self.topics.anomaly(ev.episode.metric), json.dumps(ev.payload()),
+                         qos=self.settings.mqtt.qos, retain=False)
+            self.stats.incr(f"events_{ev.event}")
+            log.info("anomaly", phase=ev.event, kind=ev.episode.kind, metric=ev.episode.metric,
+                     id=ev.episode.id, summary=ev.summary)
+
+    def flush_states(self, force: bool = False) -> None:
+        with self.lock:
+            mono = time.monotonic()
+            for slot in list(self._pending_state):
+                if force or mono - self._last_state_pub[slot] >= STATE_MIN_INTERVAL_S:
+                    self._publish_state(slot, mono)
+
+    def reannounce(self) -> None:
+        """After every (re)connect: every metric's retained state again."""
+        with self.lock:
+            mono = time.monotonic()
+            for slot in range(len(self.decisions)):
+                self._publish_state(slot, mono)
+        log.info("reannounced", metrics=len(self.decisions))
+
+    # ------------------------------------------------------------------ tick
+    def tick(self) -> None:
+        if self._reannounce.is_set():
+            self._reannounce.clear()
+            self.reannounce()
+        self.flush_states()
+        self.check_silence()
+        if time.monotonic() >= self._next_stats:
+            self._next_stats = time.monotonic() + self.settings.node.stats_interval_s
+            self.publish_stats()
+
+    def check_silence(self) -> None:
+        with self.lock:
+            n = len(self.decisions)
+            if n == 0:
+                return
+            now = self.clock.now()
+            learned = self.store.expected_intervals()
+            last = self.store.last_times()
+            factor = self.settings.sensors.stale_factor
+            mono = time.monotonic()
+            for slot in range(n):
+                state = self.decisions[slot]
+                if state.silence is not None:
+                    continue
+                rule = self.settings.override_for(state.metric)
+                interval = rule.expected_interval_s if rule and rule.expected_interval_s else learned[slot]
+                if not math.isfinite(interval):
+                    continue
+                events = decide_silence(state, now=now, last_ts=float(last[slot]), interval=float(interval),
+                                        stale_after=factor * float(interval), unit=self.store.units[slot])
+                if events:
+                    self._emit(events)
+                    self._publish_state(slot, mono)
+
+    def status_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for state in self.decisions:
+            counts[state.status] = counts.get(state.status, 0) + 1
+        return counts
+
+    def open_episodes(self) -> list[dict]:
+        out = []
+        for state in self.decisions:
+            for ep in (state.episode, state.silence):
+                if ep is not None:
+                    out.append({"id": ep.id, "metric": ep.metric, "kind": ep.kind, "start": ep.start_ts})
+        return out
+
+    def stats_payload(self) -> dict:
+        with self.lock:
+            payload = {
+                "ts": round(time.time(), 3),
+                "uptime_s": round(time.time() - self.started, 1),
+                "metrics": len(self.decisions),
+                "status": self.status_counts(),
+                "open_episodes": len(self.open_episodes()),
+                "queue_depth": self.queue_depth,
+                "detector": self.detector.name,
+                "memory_state_bytes": self.store.memory_bytes(),
+            }
+        payload.update(self.stats.snapshot())
+        payload.update(self.stats_extra())
+        return payload
+
+    def publish_stats(self) -> None:
+        self.publish(self.topics.stats, json.dumps(self.stats_payload()), qos=0, retain=True)
+
+
+# Statuses other modules name; re-exported for the command lane.
+__all__ = ["SensorPipeline", "Clock", "LEARNING", "STALE", "MUTED"]

@@ -1,0 +1,93 @@
+"""Counters, latency percentiles and the rate-limited rejection reporter.
+
+The stats topic, `edged status` and (later) Prometheus read the same numbers from here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Latency:
+    """Recent samples (bounded) → p50/p99 in milliseconds."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.samples: deque[float] = deque(maxlen=keep)
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
+
+    def summary(self) -> dict[str, float | None]:
+        if not self.samples:
+            return {"p50_ms": None, "p99_ms": None}
+        arr = np.fromiter(self.samples, dtype=float)
+        p50, p99 = np.percentile(arr, [50, 99]) * 1000
+        return {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.ingest_latency = Latency()  # message received → state published
+        self.detector_latency = Latency()  # one detector call
+        self._lock = threading.Lock()
+
+    def incr(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] += n
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            self.rejected[reason] += 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            counters = dict(self.counters)
+            rejected = dict(self.rejected)
+        return {
+            **counters,
+            "rejected": rejected,
+            "rejected_total": sum(rejected.values()),
+            "ingest_latency": self.ingest_latency.summary(),
+            "detector_latency": self.detector_latency.summary(),
+        }
+
+
+@dataclass(slots=True)
+class _TopicReport:
+    last_report: float
+    pending: int
+
+
+class RejectionReporter:
+    """At most one log line and one error-topic report per topic per ``every_s``.
+
+    Rejections in between are counted and carried by the next report (``count``). The
+    table of topics is bounded: a flood of distinct topics cannot grow memory.
+    """
+
+    def __init__(self, every_s: float = 60.0, max_topics: int = 1024) -> None:
+        self.every_s = every_s
+        self.max_topics = max_topics
+        self._topics: OrderedDict[str, _TopicReport] = OrderedDict()
+
+    def should_report(self, topic: str, now: float) -> int:
+        """0: stay quiet; n > 0: report now, covering n rejections."""
+        entry = self._topics.get(topic)
+        if entry is None:
+            self._topics[topic] = _TopicReport(now, 0)
+            if len(self._topics) > self.max_topics:
+                self._topics.popitem(last=False)
+            return 1
+        self._topics.move_to_end(topic)
+        if now - entry.last_report >= self.every_s:
+            count = entry.pending + 1
+            entry.last_report, entry.pending = now, 0
+            return count
+        entry.pending += 1
+        return 0
