@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
+from . import __version__, runtime
 from .commands import ActionError, ActionRegistry, CommandLane, Request
 from .config import ConfigError, Settings
 from .detector import make_detector
@@ -126,7 +126,8 @@ class Daemon:
             t.start()
         self.mqtt.set_wanted(self.wanted_subscriptions())
         self.mqtt.start()
-        log.info("started", version=__version__, node=self.topics.node, detector=self.pipeline.detector.name,
+        ort_version = runtime.configure(self.settings.runtime)
+        log.info("started", version=__version__, onnxruntime=ort_version, node=self.topics.node, detector=self.pipeline.detector.name,
                  topics=self.settings.sensors.topics)
         while not self._stopping.wait(0.5):
             if self._hup.is_set():

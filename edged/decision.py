@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -166,8 +166,6 @@ class MetricDecision:
     status: str = LEARNING
     last_score: float = float("nan")
     muted_until: float = 0.0
-    history_readings: int = 0
-    extras: dict = field(default_factory=dict)
 
 
 def _new_id() -> str:

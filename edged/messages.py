@@ -356,7 +356,9 @@ def decode_payload(
         obj = json.loads(text)
     except RecursionError:
         return Rejection("too_deep", f"JSON nested deeper than {limits.max_json_depth}")
-    except ValueError:
+    except ValueError as exc:
+        if text[0] in "{[":  # meant to be JSON: say so rather than "no value"
+            return Rejection("invalid_json", f"payload starts with {text[0]!r} but is not valid JSON: {exc}"[:160])
         value = _number(text)  # bare ON/OFF
         if value is None:
             return Rejection("no_value", f"payload {text[:40]!r} is not a number, boolean or JSON")
@@ -367,7 +369,7 @@ def decode_payload(
     if isinstance(obj, dict):
         return _decode_object(metric, obj, now, limits)
     if isinstance(obj, list):
-        if obj and all(isinstance(r, dict) for r in obj):
+        if any(isinstance(r, dict) for r in obj):  # a pack with a stray non-record is bad SenML
             return _decode_senml(metric, obj, now, limits)
         return Rejection("no_value", "a JSON array must be a SenML pack (a list of records)")
     value = _number(obj)

@@ -10,6 +10,7 @@ users. Callbacks run on paho's network thread and only wrap messages into frozen
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -25,6 +26,41 @@ from .logs import get_logger
 from .messages import RawMessage, Topics
 
 log = get_logger("edged.mqtt")
+
+
+class _Client(paho.Client):
+    """paho's client, remembering why the last connection attempt failed (paho drops it)."""
+
+    last_error: BaseException | None = None
+
+    def reconnect(self):
+        try:
+            result = super().reconnect()
+        except OSError as exc:
+            self.last_error = exc
+            raise
+        self.last_error = None
+        return result
+
+
+def explain_connect_error(exc: BaseException | None, host: str, port: int) -> tuple[str, str]:
+    """(error, hint) for a failed connection attempt, in words a user can act on."""
+    if exc is None:
+        return "unknown", "see the broker's log"
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return text, "the broker's certificate is not trusted or does not match the host: check mqtt.ca_file and mqtt.host"
+    if isinstance(exc, ssl.SSLError):
+        if "WRONG_VERSION_NUMBER" in str(exc) or "record layer" in str(exc):
+            return text, f"{host}:{port} does not speak TLS: set mqtt.tls = false or use the broker's TLS port"
+        return text, "TLS handshake failed: check mqtt.ca_file, cert_file and key_file"
+    if isinstance(exc, ConnectionRefusedError):
+        return text, f"nothing listens on {host}:{port}: is the broker running, and are mqtt.host/port right?"
+    if isinstance(exc, socket.gaierror):
+        return text, f"cannot resolve {host!r}: check mqtt.host"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return text, f"{host}:{port} does not answer: network or firewall"
+    return text, "see the broker's log"
 
 
 class MqttLink:
@@ -47,7 +83,7 @@ class MqttLink:
         self._last_fail_log = 0.0
         cfg = settings.mqtt
         self.v5 = cfg.protocol == "v5"
-        self.client = paho.Client(
+        self.client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
@@ -152,8 +188,10 @@ class MqttLink:
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho retries with its capped backoff; this runs once per failed attempt.
-        log.warning("mqtt_connect_failed", host=self.settings.mqtt.host, port=self.settings.mqtt.port,
-                    retry_max_s=self.settings.mqtt.reconnect_max_s)
+        cfg = self.settings.mqtt
+        error, hint = explain_connect_error(getattr(client, "last_error", None), cfg.host, cfg.port)
+        log.warning("mqtt_connect_failed", host=cfg.host, port=cfg.port, error=error, hint=hint,
+                    retry_max_s=cfg.reconnect_max_s)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
@@ -162,10 +200,11 @@ class MqttLink:
             log.warning("mqtt_disconnected", reason=str(reason_code))
 
     def _on_message(self, client, userdata, msg) -> None:
-        props = getattr(msg, "properties", None)
-        response_topic = getattr(props, "ResponseTopic", None) if props else None
-        correlation = getattr(props, "CorrelationData", None) if props else None
-        user_props = tuple(getattr(props, "UserProperty", ()) or ()) if props else ()
+        props = getattr(msg, "properties", None) if self._is_request(msg.topic) else None
+        if props is None:  # sensor readings: the hot path, no property parsing
+            self._on_message_cb(RawMessage(msg.topic, msg.payload, time.time(), msg.qos, msg.mid, bool(msg.dup), bool(msg.retain)))
+            return
+        correlation = getattr(props, "CorrelationData", None)
         self._on_message_cb(
             RawMessage(
                 topic=msg.topic,
@@ -175,11 +214,14 @@ class MqttLink:
                 mid=msg.mid,
                 dup=bool(msg.dup),
                 retain=bool(msg.retain),
-                response_topic=response_topic,
+                response_topic=getattr(props, "ResponseTopic", None),
                 correlation_data=bytes(correlation) if correlation is not None else None,
-                user_properties=user_props,
+                user_properties=tuple(getattr(props, "UserProperty", ()) or ()),
             )
         )
+
+    def _is_request(self, topic: str) -> bool:
+        return topic.startswith(self.topics.request_prefix)
 
 
 def _refusal_hint(reason: str) -> str:

@@ -51,7 +51,9 @@ log = get_logger("edged.pipeline")
 
 STATE_MIN_INTERVAL_S = 1.0  # a metric's state is published at most once a second
 TICK_S = 0.2
+SILENCE_CHECK_S = 0.5
 BATCH_MAX = 2048
+CLOCK_WARNING_EVERY_S = 3600.0  # one "device clock ahead" warning an hour, however many readings
 
 
 class Publish(Protocol):
@@ -102,11 +104,14 @@ class SensorPipeline:
         self._stop = threading.Event()
         self._intake_open = True
         self._last_state_pub = np.zeros(0)
+        self._interval_override = np.zeros(0)
         self._pending_state: set[int] = set()
         self._redeliveries: OrderedDict[tuple, None] = OrderedDict()
         self._metric_cache: dict[str, bool] = {}
         self._reannounce = threading.Event()
         self._next_stats = 0.0
+        self._clock_warned = -math.inf
+        self._next_silence_check = 0.0
         self.started = time.time()
         self.last_progress = time.monotonic()
         self.stats_extra: Callable[[], dict] = lambda: {}
@@ -121,7 +126,11 @@ class SensorPipeline:
             self.filters = list(cfg.topics)
             self.limits = DecodeLimits(cfg.max_payload_bytes, cfg.max_json_depth, cfg.future_tolerance_s)
             self._metric_cache.clear()
+            self._topic_cache: dict[str, str | None] = {}
             self._thresholds: dict[int, float] = {}
+            for slot, name in enumerate(self.store.names):
+                rule = settings.override_for(name)
+                self._interval_override[slot] = rule.expected_interval_s if rule and rule.expected_interval_s else np.nan
 
     def threshold_for(self, slot: int) -> float:
         """threshold ** sensitivity: sensitivity 2 turns 0.5 into 0.25 (more alerts)."""
@@ -139,7 +148,8 @@ class SensorPipeline:
         if len(self._queue) == self._queue.maxlen:
             self.stats.incr("dropped")
         self._queue.append(msg)
-        self._wake.set()
+        if not self._wake.is_set():  # set() takes a lock; skip it when the lane is already woken
+            self._wake.set()
 
     @property
     def queue_depth(self) -> int:
@@ -185,10 +195,14 @@ class SensorPipeline:
 
     # ------------------------------------------------------------------ processing
     def _metric_of(self, topic: str) -> str | None:
-        for f in self.filters:
-            if topic_matches(f, topic):
-                return metric_name(f, topic)
-        return None
+        cached = self._topic_cache.get(topic, False)
+        if cached is not False:
+            return cached
+        metric = next((metric_name(f, topic) for f in self.filters if topic_matches(f, topic)), None)
+        if len(self._topic_cache) > 4 * self.store.max_metrics:
+            self._topic_cache.clear()  # bounded: a flood of distinct topics cannot grow memory
+        self._topic_cache[topic] = metric
+        return metric
 
     def _wanted(self, metric: str) -> bool:
         wanted = self._metric_cache.get(metric)
@@ -213,6 +227,10 @@ class SensorPipeline:
 
     def reject(self, topic: str, rejection: Rejection, now: float) -> None:
         self.stats.reject(rejection.reason)
+        if rejection.reason == "ts_in_future" and now - self._clock_warned > CLOCK_WARNING_EVERY_S:
+            self._clock_warned = now
+            log.warning("device_clock_ahead", topic=topic[:200], detail=rejection.detail,
+                        hint="readings stamped in the future are rejected; is the device clock synchronised (NTP)?")
         count = self.reporter.should_report(topic, now)
         if count:
             log.warning("rejected", topic=topic[:200], reason=rejection.reason, detail=rejection.detail, count=count)
@@ -227,15 +245,13 @@ class SensorPipeline:
                 metric = self._metric_of(msg.topic)
                 if metric is None:
                     continue
-                if msg.qos and msg.dup and self._is_redelivery(msg):
+                if msg.qos and self._is_redelivery(msg):
                     self.stats.incr("duplicates")
                     continue
                 decoded = decode_payload(metric, msg.payload, msg.received, self.limits)
                 if isinstance(decoded, Rejection):
                     self.reject(msg.topic, decoded, now)
                     continue
-                if msg.qos and not msg.dup:
-                    self._is_redelivery(msg)
                 for reading in decoded:
                     if not self._wanted(reading.metric):
                         self.stats.incr("excluded")
@@ -263,9 +279,9 @@ class SensorPipeline:
             self.store.units[slot] = rule.unit
         self.decisions.append(MetricDecision(metric))
         if len(self._last_state_pub) < self.store.capacity:
-            grown = np.zeros(self.store.capacity)
-            grown[: len(self._last_state_pub)] = self._last_state_pub
-            self._last_state_pub = grown
+            self._last_state_pub = _grown(self._last_state_pub, self.store.capacity, 0.0)
+            self._interval_override = _grown(self._interval_override, self.store.capacity, np.nan)
+        self._interval_override[slot] = rule.expected_interval_s if rule and rule.expected_interval_s else np.nan
         log.info("metric_added", metric=metric, metrics=len(self.decisions))
 
     def _score_round(self, items: list[_Scored]) -> None:
@@ -370,34 +386,35 @@ class SensorPipeline:
             self._reannounce.clear()
             self.reannounce()
         self.flush_states()
-        self.check_silence()
+        if time.monotonic() >= self._next_silence_check:
+            self._next_silence_check = time.monotonic() + SILENCE_CHECK_S
+            self.check_silence()
         if time.monotonic() >= self._next_stats:
             self._next_stats = time.monotonic() + self.settings.node.stats_interval_s
             self.publish_stats()
 
     def check_silence(self) -> None:
+        """Stale when now - last reading > stale_factor x expected interval (override, else learned)."""
         with self.lock:
             n = len(self.decisions)
             if n == 0:
                 return
             now = self.clock.now()
-            learned = self.store.expected_intervals()
+            interval = np.where(np.isnan(self._interval_override[:n]), self.store.expected_intervals(),
+                                self._interval_override[:n])
             last = self.store.last_times()
-            factor = self.settings.sensors.stale_factor
+            with np.errstate(invalid="ignore"):
+                overdue = np.flatnonzero(now - last > self.settings.sensors.stale_factor * interval)
             mono = time.monotonic()
-            for slot in range(n):
+            for slot in overdue:
                 state = self.decisions[slot]
                 if state.silence is not None:
                     continue
-                rule = self.settings.override_for(state.metric)
-                interval = rule.expected_interval_s if rule and rule.expected_interval_s else learned[slot]
-                if not math.isfinite(interval):
-                    continue
-                events = decide_silence(state, now=now, last_ts=float(last[slot]), interval=float(interval),
-                                        stale_after=factor * float(interval), unit=self.store.units[slot])
-                if events:
-                    self._emit(events)
-                    self._publish_state(slot, mono)
+                events = decide_silence(state, now=now, last_ts=float(last[slot]), interval=float(interval[slot]),
+                                        stale_after=self.settings.sensors.stale_factor * float(interval[slot]),
+                                        unit=self.store.units[slot])
+                self._emit(events)
+                self._publish_state(slot, mono)
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -431,6 +448,12 @@ class SensorPipeline:
 
     def publish_stats(self) -> None:
         self.publish(self.topics.stats, json.dumps(self.stats_payload()), qos=0, retain=True)
+
+
+def _grown(arr: np.ndarray, size: int, fill: float) -> np.ndarray:
+    out = np.full(size, fill)
+    out[: len(arr)] = arr
+    return out
 
 
 # Statuses other modules name; re-exported for the command lane.

@@ -28,6 +28,9 @@ from paho.mqtt.properties import Properties
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 REPO = Path(__file__).resolve().parents[1]
+# Mosquitto started as root drops to the "mosquitto" user, which cannot read the tests'
+# private temp dirs: stay root then (no effect for a non-root user).
+RUN_AS = "user root\n" if os.geteuid() == 0 else ""
 
 
 def free_port() -> int:
@@ -72,7 +75,7 @@ class Broker:
     def write_conf(self) -> None:
         body = self.extra_conf if "listener" in self.extra_conf else f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{self.extra_conf}"
         self.conf.write_text(
-            f"{body}\npersistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+            f"{body}\n{RUN_AS}persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
             f"max_queued_messages 100000\nlog_dest file {self.log}\nlog_type error\nlog_type warning\n"
         )
 
