@@ -179,6 +179,45 @@ def simulate(
         typer.echo(f"published {sent} messages")
 
 
+# --------------------------------------------------------------------------- replay
+
+
+@app.command()
+def replay(
+    input: Path = typer.Argument(..., help="a CSV of timestamp,value, or a folder of them"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output file or folder (default: INPUT.scored.csv)"),
+    config: Optional[Path] = ConfigOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
+) -> None:
+    """Score a recorded series with the daemon's detector, no broker: writes timestamp,value,anomaly_score."""
+    import time
+
+    from .detector import make_detector
+    from .replay import ReplayError, plan
+    from .replay import replay as run_replay
+
+    settings = _settings(config)
+    try:
+        pairs = plan(input, out)
+        factory = lambda: make_detector(settings.anomaly.detector, settings.anomaly.window, settings.anomaly.learning_readings)  # noqa: E731
+        bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(pairs), unit="file", file=sys.stderr)
+        t0 = time.perf_counter()
+        rows = run_replay(pairs, factory, progress=(lambda n: bar.update(1)) if bar else None)
+        elapsed = time.perf_counter() - t0
+    except ReplayError as exc:
+        raise Exit(2, str(exc)) from None
+    finally:
+        if "bar" in locals() and bar is not None:
+            bar.close()
+    if not quiet:
+        typer.echo(f"scored {rows} rows in {len(pairs)} file(s), {elapsed:.2f} s ({rows / max(elapsed, 1e-9):,.0f} rows/s)"
+                   f" → {pairs[0][1] if len(pairs) == 1 else out}")
+
+
 # --------------------------------------------------------------------------- status
 
 

@@ -60,6 +60,29 @@ class RobustZScoreDetector:
     def reset(self, slot: int) -> None:  # stateless: everything comes from the window
         return None
 
+    def score_series(self, values: np.ndarray, times: np.ndarray, chunk: int = 16384) -> np.ndarray:
+        """A whole series at once, equal to scoring it reading by reading through MetricStore."""
+        return series_scores(self, values, times, chunk)
+
+
+def series_scores(detector, values: np.ndarray, times: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """Batch scoring of one series for any window-only detector, with the store's ordering rule:
+    a reading not newer than every earlier one is not appended, and its score is the current
+    window's, i.e. the last appended reading's."""
+    n = len(values)
+    prior_max = np.concatenate([[-np.inf], np.maximum.accumulate(times)[:-1]]) if n else np.zeros(0)
+    appended = times > prior_max
+    v, t = values[appended], times[appended]
+    pad = np.full(detector.window - 1, np.nan)
+    wins = np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, v]), detector.window)
+    twins = np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, t]), detector.window)
+    fresh = np.empty(len(v))
+    for start in range(0, len(v), chunk):
+        stop = start + chunk
+        fresh[start:stop] = detector.score(np.zeros(0, dtype=np.int64), wins[start:stop], twins[start:stop])
+    index = np.cumsum(appended) - 1  # the last appended reading at or before each row
+    return np.where(index >= 0, fresh[np.maximum(index, 0)], np.nan)
+
 
 def make_detector(kind: str, window: int, learning_readings: int) -> Detector:
     if kind == "zscore":
