@@ -21,7 +21,11 @@ from .logs import get_logger
 from .messages import RawMessage, Topics, is_excluded
 from .mqtt import MqttLink
 from .pipeline import SensorPipeline
+from .sdnotify import Notifier
 from .stats import Stats
+
+# A lane that has not moved for this long is stalled: the watchdog pings stop.
+LANE_DEADLINE_S = 30.0
 
 log = get_logger("edged.app")
 
@@ -43,6 +47,8 @@ class Daemon:
         self.commands = CommandLane(self.topics, self.registry, self.mqtt.publish, self.stats)
         self._stopping = threading.Event()
         self._hup = threading.Event()
+        self.notifier = Notifier()
+        self._reported_stall = False
 
     # ------------------------------------------------------------------ routing (network thread)
     def _on_message(self, msg: RawMessage) -> None:
@@ -129,11 +135,23 @@ class Daemon:
         ort_version = runtime.configure(self.settings.runtime)
         log.info("started", version=__version__, onnxruntime=ort_version, node=self.topics.node, detector=self.pipeline.detector.name,
                  topics=self.settings.sensors.topics)
+        # Ready once the config is valid and the models are loaded; not waiting for the broker
+        # (a Pi that boots before its broker must not be restarted in a loop).
+        self.notifier.ready(self.health_line())
+        next_status = next_ping = 0.0
         while not self._stopping.wait(0.5):
             if self._hup.is_set():
                 self._hup.clear()
                 self.reload()
+            now = time.monotonic()
+            if self.notifier.watchdog_s and now >= next_ping and self.lanes_healthy(now):
+                self.notifier.watchdog()
+                next_ping = now + self.notifier.watchdog_s / 3
+            if now >= next_status:
+                self.notifier.status(self.health_line())
+                next_status = now + 5.0
         log.info("stopping")
+        self.notifier.stopping()
         self.pipeline.close_intake()
         self.pipeline.stop()
         self.commands.stop()
@@ -143,6 +161,22 @@ class Daemon:
         self.mqtt.stop()
         log.info("stopped")
         return 0
+
+    def lanes_healthy(self, now: float) -> bool:
+        """Every lane moved within its deadline; a quiet night with no readings still counts
+        as progress (the lanes wake on their own timers), a lane stuck in a call does not."""
+        stalled = [name for name, lane in (("sensor", self.pipeline), ("command", self.commands))
+                   if now - lane.last_progress > LANE_DEADLINE_S]
+        if stalled and not self._reported_stall:
+            log.error("lane_stalled", lanes=stalled, deadline_s=LANE_DEADLINE_S,
+                      hint="watchdog pings stop; systemd restarts edged when WatchdogSec runs out")
+        self._reported_stall = bool(stalled)
+        return not stalled
+
+    def health_line(self) -> str:
+        p = self.pipeline
+        broker = "broker connected" if self.mqtt.connected.is_set() else "broker not connected"
+        return f"{broker}, {len(p.decisions)} metrics, {len(p.open_episodes())} open episodes"
 
     def _state_dir_writable(self) -> bool:
         path = Path(self.settings.node.state_dir)
