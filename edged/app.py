@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, runtime
-from .commands import ActionError, ActionRegistry, CommandLane, Request
+from .actions import register_core_actions
+from .commands import ActionRegistry, CommandLane
 from .config import ConfigError, Settings
 from .detector import make_detector
 from .logs import get_logger
-from .messages import RawMessage, Topics, is_excluded
+from .messages import RawMessage, Topics
 from .mqtt import MqttLink
 from .pipeline import SensorPipeline
 from .sdnotify import Notifier
@@ -42,8 +43,7 @@ class Daemon:
         self.pipeline.stats_extra = lambda: {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
                                              "commands_queue_depth": len(self.commands._queue)}
         self.registry = ActionRegistry()
-        self.registry.register("status", self._action_status)
-        self.registry.register("metrics", self._action_metrics)
+        register_core_actions(self.registry, self.pipeline, self.mqtt.connected.is_set, self.request_reload)
         self.commands = CommandLane(self.topics, self.registry, self.mqtt.publish, self.stats)
         self._stopping = threading.Event()
         self._hup = threading.Event()
@@ -65,35 +65,6 @@ class Daemon:
         wanted = {f: qos for f in self.settings.sensors.topics}
         wanted[self.topics.request_filter] = 1
         return wanted
-
-    # ------------------------------------------------------------------ actions
-    def _action_status(self, request: Request) -> dict:
-        p = self.pipeline
-        with p.lock:
-            return {
-                "node": self.topics.node,
-                "version": __version__,
-                "uptime_s": round(time.time() - p.started, 1),
-                "connected": self.mqtt.connected.is_set(),
-                "metrics": len(p.decisions),
-                "status": p.status_counts(),
-                "open_episodes": p.open_episodes(),
-                "detector": p.detector.name,
-                "queue_depth": p.queue_depth,
-            }
-
-    def _action_metrics(self, request: Request) -> dict:
-        pattern = request.args.get("match", "*")
-        if not isinstance(pattern, str):
-            raise ActionError("match must be a glob string, e.g. \"greenhouse/*\"")
-        p = self.pipeline
-        with p.lock:
-            items = [
-                {"metric": name, **p.state_payload(slot)}
-                for slot, name in enumerate(p.store.names)
-                if is_excluded(name, [pattern])
-            ]
-        return {"count": len(items), "metrics": items}
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: object) -> None:
@@ -176,7 +147,7 @@ class Daemon:
     def health_line(self) -> str:
         p = self.pipeline
         broker = "broker connected" if self.mqtt.connected.is_set() else "broker not connected"
-        return f"{broker}, {len(p.decisions)} metrics, {len(p.open_episodes())} open episodes"
+        return f"{broker}, {len(p.store)} metrics, {len(p.open_episodes())} open episodes"
 
     def _state_dir_writable(self) -> bool:
         path = Path(self.settings.node.state_dir)

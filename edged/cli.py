@@ -28,6 +28,9 @@ config_app = typer.Typer(help="Create, inspect and change the TOML configuration
 app.add_typer(config_app, name="config")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="config file (default: $EDGED_CONFIG, then /etc/edged/edged.toml)")
+# --version works on every command, as --help does.
+VersionOpt = typer.Option(False, "--version", callback=lambda v: _version(v), is_eager=True, expose_value=False,
+                          help="print the version and exit")
 
 
 class Exit(Exception):
@@ -60,6 +63,7 @@ def _settings(config: Optional[Path], overrides: dict[str, Any] | None = None):
 @app.command()
 def run(
     config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
     log_format: Optional[str] = typer.Option(None, "--log-format", help="auto | json | console"),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="debug | info | warning | error"),
 ) -> None:
@@ -91,6 +95,7 @@ def run(
 def config_init(
     path: Optional[Path] = typer.Argument(None, help="where to write (default: the --config path)"),
     config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
 ) -> None:
     """Write a commented default configuration file."""
@@ -104,6 +109,7 @@ def config_init(
 @config_app.command("show")
 def config_show(
     config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
     as_json: bool = typer.Option(False, "--json", help="JSON instead of TOML"),
 ) -> None:
     """Print the effective configuration (file + environment), secrets masked."""
@@ -117,7 +123,11 @@ def config_show(
 
 
 @config_app.command("get")
-def config_get(key: str = typer.Argument(..., help="SECTION.KEY, e.g. mqtt.port"), config: Optional[Path] = ConfigOpt) -> None:
+def config_get(
+    key: str = typer.Argument(..., help="SECTION.KEY, e.g. mqtt.port"),
+    config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
+) -> None:
     """Print one effective value."""
     value = get_value(_settings(config), key)
     typer.echo(json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value))
@@ -128,6 +138,7 @@ def config_set(
     key: str = typer.Argument(..., help="SECTION.KEY, e.g. mqtt.port"),
     value: str = typer.Argument(..., help="a TOML value: 1884, true, \"text\", [\"a/#\"]; bare words are strings"),
     config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
 ) -> None:
     """Change one key in the file, keeping its comments; validated before writing."""
     from .config_file import set_value
@@ -138,7 +149,10 @@ def config_set(
 
 
 @config_app.command("validate")
-def config_validate(config: Optional[Path] = ConfigOpt) -> None:
+def config_validate(
+    config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
+) -> None:
     """Check the configuration; exit 0 when valid, 2 with the reasons otherwise."""
     _settings(config)
     typer.echo(f"{config_path(config)}: ok")
@@ -150,6 +164,7 @@ def config_validate(config: Optional[Path] = ConfigOpt) -> None:
 @app.command()
 def simulate(
     config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
     host: Optional[str] = typer.Option(None, help="broker host (default: mqtt.host)"),
     port: Optional[int] = typer.Option(None, help="broker port (default: mqtt.port)"),
     prefix: str = typer.Option("sensors/sim", help="topic prefix of the simulated devices"),
@@ -187,6 +202,7 @@ def replay(
     input: Path = typer.Argument(..., help="a CSV of timestamp,value, or a folder of them"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output file or folder (default: INPUT.scored.csv)"),
     config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Score a recorded series with the daemon's detector, no broker: writes timestamp,value,anomaly_score."""
@@ -224,6 +240,7 @@ def replay(
 @app.command()
 def status(
     config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
     as_json: bool = typer.Option(False, "--json", help="print the daemon's reply as JSON"),
     timeout: float = typer.Option(5.0, help="seconds to wait for the daemon"),
 ) -> None:

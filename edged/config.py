@@ -239,7 +239,9 @@ def env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, st
             raise ConfigError(f"environment variable {name}: expected EDGED_<SECTION>__<KEY>, e.g. EDGED_MQTT__PORT")
         section, key = parts
         value: Any = raw
-        if raw.strip()[:1] in ("[", "{"):
+        # Secrets are taken verbatim: a password may well start with '[' or '{', and a
+        # parse error must not echo it.
+        if raw.strip()[:1] in ("[", "{") and f"{section}.{key}" not in SECRET_KEYS:
             try:
                 value = json.loads(raw)
             except ValueError:

@@ -23,8 +23,10 @@ import numpy as np
 
 from .config import Settings
 from .decision import (
+    ANOMALOUS,
     LEARNING,
     MUTED,
+    OK,
     STALE,
     Event,
     MetricDecision,
@@ -52,6 +54,7 @@ log = get_logger("edged.pipeline")
 STATE_MIN_INTERVAL_S = 1.0  # a metric's state is published at most once a second
 TICK_S = 0.2
 SILENCE_CHECK_S = 0.5
+RECENT_EVENTS = 512
 BATCH_MAX = 2048
 CLOCK_WARNING_EVERY_S = 3600.0  # one "device clock ahead" warning an hour, however many readings
 
@@ -95,7 +98,7 @@ class SensorPipeline:
         self.publish = publish
         self.stats = stats
         self.store = MetricStore(max(settings.anomaly.window, detector.window), settings.sensors.max_metrics)
-        self.decisions: list[MetricDecision] = []
+        self.decisions: list[MetricDecision | None] = []  # by slot; None once forgotten
         self.lock = threading.RLock()  # held while state changes; the command lane reads under it
         self.clock = Clock(settings.node.clock)
         self.reporter = RejectionReporter()
@@ -109,6 +112,7 @@ class SensorPipeline:
         self._redeliveries: OrderedDict[tuple, None] = OrderedDict()
         self._metric_cache: dict[str, bool] = {}
         self._reannounce = threading.Event()
+        self.recent_events: deque[dict] = deque(maxlen=RECENT_EVENTS)  # for questions about anomalies
         self._next_stats = 0.0
         self._clock_warned = -math.inf
         self._next_silence_check = 0.0
@@ -129,6 +133,8 @@ class SensorPipeline:
             self._topic_cache: dict[str, str | None] = {}
             self._thresholds: dict[int, float] = {}
             for slot, name in enumerate(self.store.names):
+                if name is None:
+                    continue
                 rule = settings.override_for(name)
                 self._interval_override[slot] = rule.expected_interval_s if rule and rule.expected_interval_s else np.nan
 
@@ -263,7 +269,7 @@ class SensorPipeline:
                             f"metric {reading.metric!r} refused: sensors.max_metrics = {self.store.max_metrics} reached",
                         ), now)
                         continue
-                    if slot == len(self.decisions):
+                    if slot >= len(self.decisions) or self.decisions[slot] is None:
                         self._new_metric(slot, reading.metric)
                     if reading.unit and self.store.units[slot] != reading.unit:
                         self.store.units[slot] = reading.unit
@@ -277,12 +283,18 @@ class SensorPipeline:
         rule = self.settings.override_for(metric)
         if rule and rule.unit:
             self.store.units[slot] = rule.unit
-        self.decisions.append(MetricDecision(metric))
+        if slot == len(self.decisions):
+            self.decisions.append(MetricDecision(metric))
+        else:  # a forgotten metric's row, reused
+            self.decisions[slot] = MetricDecision(metric)
+            self._thresholds.pop(slot, None)
+            self.detector.reset(slot)
         if len(self._last_state_pub) < self.store.capacity:
             self._last_state_pub = _grown(self._last_state_pub, self.store.capacity, 0.0)
             self._interval_override = _grown(self._interval_override, self.store.capacity, np.nan)
         self._interval_override[slot] = rule.expected_interval_s if rule and rule.expected_interval_s else np.nan
-        log.info("metric_added", metric=metric, metrics=len(self.decisions))
+        self._last_state_pub[slot] = 0.0
+        log.info("metric_added", metric=metric, metrics=len(self.store))
 
     def _score_round(self, items: list[_Scored]) -> None:
         slots = np.fromiter((i.slot for i in items), dtype=np.int64, count=len(items))
@@ -359,8 +371,10 @@ class SensorPipeline:
             if state.muted_until and state.muted_until > self.clock.now():
                 self.stats.incr("events_muted")
                 continue
-            self.publish(self.topics.anomaly(ev.episode.metric), json.dumps(ev.payload()),
+            payload = ev.payload()
+            self.publish(self.topics.anomaly(ev.episode.metric), json.dumps(payload),
                          qos=self.settings.mqtt.qos, retain=False)
+            self.recent_events.append(payload)
             self.stats.incr(f"events_{ev.event}")
             log.info("anomaly", phase=ev.event, kind=ev.episode.kind, metric=ev.episode.metric,
                      id=ev.episode.id, summary=ev.summary)
@@ -376,9 +390,9 @@ class SensorPipeline:
         """After every (re)connect: every metric's retained state again."""
         with self.lock:
             mono = time.monotonic()
-            for slot in range(len(self.decisions)):
+            for slot in self.live_slots():
                 self._publish_state(slot, mono)
-        log.info("reannounced", metrics=len(self.decisions))
+        log.info("reannounced", metrics=len(self.store))
 
     # ------------------------------------------------------------------ tick
     def tick(self) -> None:
@@ -408,7 +422,7 @@ class SensorPipeline:
             mono = time.monotonic()
             for slot in overdue:
                 state = self.decisions[slot]
-                if state.silence is not None:
+                if state is None or state.silence is not None:
                     continue
                 events = decide_silence(state, now=now, last_ts=float(last[slot]), interval=float(interval[slot]),
                                         stale_after=self.settings.sensors.stale_factor * float(interval[slot]),
@@ -416,15 +430,53 @@ class SensorPipeline:
                 self._emit(events)
                 self._publish_state(slot, mono)
 
+    # ------------------------------------------------------------------ control (command lane, under the lock)
+    def reset_metric(self, slot: int) -> None:
+        """Forget the learned baseline and any open episode; the metric learns again."""
+        self.store.reset(slot)
+        self.detector.reset(slot)
+        self.decisions[slot] = MetricDecision(self.store.names[slot])
+        self._pending_state.discard(slot)
+        self._publish_state(slot, time.monotonic())
+
+    def set_muted(self, slot: int, until: float) -> None:
+        state = self.decisions[slot]
+        state.muted_until = until
+        if until > self.clock.now():
+            state.status = MUTED
+        elif state.episode:
+            state.status = ANOMALOUS
+        elif state.silence:
+            state.status = STALE
+        else:
+            state.status = LEARNING if math.isnan(state.last_score) else OK
+        self._publish_state(slot, time.monotonic())
+
+    def forget_metric(self, slot: int) -> str:
+        """Drop the metric, its history and its retained state topic (empty retained payload)."""
+        name = self.store.names[slot]
+        self.store.release(slot)
+        self.detector.reset(slot)
+        self.decisions[slot] = None
+        self._pending_state.discard(slot)
+        self.publish(self.topics.state(name), b"", qos=1, retain=True)
+        return name
+
+    def live_slots(self) -> list[int]:
+        return [slot for slot, state in enumerate(self.decisions) if state is not None]
+
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for state in self.decisions:
-            counts[state.status] = counts.get(state.status, 0) + 1
+            if state is not None:
+                counts[state.status] = counts.get(state.status, 0) + 1
         return counts
 
     def open_episodes(self) -> list[dict]:
         out = []
         for state in self.decisions:
+            if state is None:
+                continue
             for ep in (state.episode, state.silence):
                 if ep is not None:
                     out.append({"id": ep.id, "metric": ep.metric, "kind": ep.kind, "start": ep.start_ts})
@@ -435,7 +487,7 @@ class SensorPipeline:
             payload = {
                 "ts": round(time.time(), 3),
                 "uptime_s": round(time.time() - self.started, 1),
-                "metrics": len(self.decisions),
+                "metrics": len(self.store),
                 "status": self.status_counts(),
                 "open_episodes": len(self.open_episodes()),
                 "queue_depth": self.queue_depth,

@@ -87,7 +87,9 @@ class HistoryTier:
         return since >= oldest_kept
 
     def stats(self, slot: int, since: float, until: float) -> Stats | None:
-        lo = np.floor(since / self.width)
+        # Only the last ``size`` buckets are history: a stale bucket the ring has not yet
+        # overwritten (a metric that went quiet for a while) must not leak into a query.
+        lo = max(np.floor(since / self.width), self.bucket[slot].max() - self.size + 1)
         hi = np.floor(until / self.width)
         sel = (self.bucket[slot] >= lo) & (self.bucket[slot] <= hi) & (self.count[slot] > 0)
         if not sel.any():
@@ -120,8 +122,9 @@ class MetricStore:
         self.window = window
         self.max_metrics = max_metrics
         self.capacity = 0
-        self.names: list[str] = []
+        self.names: list[str | None] = []  # None: a forgotten metric's row, free for reuse
         self.index: dict[str, int] = {}
+        self.free: list[int] = []
         self.units: list[str | None] = []
         self.values = np.zeros((0, window))
         self.times = np.zeros((0, window))
@@ -150,6 +153,11 @@ class MetricStore:
         slot = self.index.get(name)
         if slot is not None or not create:
             return slot
+        if self.free:
+            slot = self.free.pop()
+            self.names[slot], self.units[slot] = name, None
+            self.index[name] = slot
+            return slot
         if len(self.names) >= self.max_metrics:
             return None
         if len(self.names) >= self.capacity:
@@ -161,7 +169,17 @@ class MetricStore:
         return slot
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.index)
+
+    def release(self, slot: int) -> None:
+        """Forget a metric entirely; its row is reused by the next new metric."""
+        name = self.names[slot]
+        if name is None:
+            return
+        del self.index[name]
+        self.names[slot] = None
+        self.reset(slot, history=True)
+        self.free.append(slot)
 
     def reset(self, slot: int, *, history: bool = False) -> None:
         self.values[slot] = np.nan

@@ -39,7 +39,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -159,7 +159,7 @@ class Probe:
         with self._lock:
             return [m for m in self.messages if topic_part in m.topic]
 
-    def wait_topic(self, topic: str, predicate: Callable[[Received], bool] = lambda m: True, timeout: float = 10.0) -> Received:
+    def wait_topic(self, topic: str, predicate: Callable[[Received], bool] = lambda m: True, timeout: float = 30.0) -> Received:
         def find():
             with self._lock:
                 for m in self.messages:
@@ -237,7 +237,7 @@ class Daemon:
                 out.append({"event": "raw", "line": line})
         return out
 
-    def wait_log(self, event: str, timeout: float = 10.0) -> dict:
+    def wait_log(self, event: str, timeout: float = 30.0) -> dict:
         return wait_for(lambda: next((e for e in self.log_lines() if e.get("event") == event), None), timeout,
                         what=f"log event {event!r}")
 
@@ -278,3 +278,39 @@ def edged_cli(tmp_path):
                               env=full_env, cwd=tmp_path, timeout=timeout)
 
     return run
+
+
+# --------------------------------------------------------------------------- helpers for the e2e suites
+
+
+def start_node(daemon_factory, probe_factory, port: int, extra: str = "", **kw):
+    """Start a daemon, connect a probe subscribed to everything under its root, wait for ``online``."""
+    d = daemon_factory(port, extra, **kw)
+    probe = probe_factory(port)
+    probe.subscribe(f"{d.root}/#")
+    probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online", timeout=15)
+    return d, probe
+
+
+def latest_stats(probe, root: str, predicate=lambda s: True, timeout: float = 10.0) -> dict:
+    """The newest stats payload that satisfies ``predicate`` (stats are published every second)."""
+
+    def find():
+        for m in reversed(probe.on(f"{root}/stats")):
+            if m.topic == f"{root}/stats":
+                data = m.json()
+                if predicate(data):
+                    return data
+        return None
+
+    return wait_for(find, timeout, what=f"stats on {root}/stats matching the condition")
+
+
+def states(probe, root: str) -> dict[str, dict]:
+    """The newest state payload per metric seen so far."""
+    out: dict[str, dict] = {}
+    prefix = f"{root}/state/"
+    for m in probe.on(prefix):
+        if m.topic.startswith(prefix):
+            out[m.topic[len(prefix):]] = m.json()
+    return out
