@@ -40,6 +40,7 @@ class Daemon:
         detector = make_detector(settings.anomaly.detector, settings.anomaly.window, settings.anomaly.learning_readings)
         self.mqtt = MqttLink(settings, self.topics, self._on_message, self._on_connected)
         self.pipeline = SensorPipeline(settings, self.topics, detector, self.mqtt.publish, self.stats)
+        self.pipeline.is_connected = self.mqtt.connected.is_set
         self.pipeline.stats_extra = lambda: {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
                                              "commands_queue_depth": len(self.commands._queue)}
         self.registry = ActionRegistry()

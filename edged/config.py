@@ -121,6 +121,13 @@ class AnomalySettings(Section):
     end_ratio: float = Field(0.7, gt=0, le=1, description="an episode ends below threshold x end_ratio")
     sensitivity: float = Field(1.0, gt=0, le=10)
 
+    @model_validator(mode="after")
+    def _learning_fits_window(self) -> "AnomalySettings":
+        if self.learning_readings > self.window:
+            raise ValueError(f"learning_readings ({self.learning_readings}) must not exceed window ({self.window}): "
+                             "a metric would never leave learning")
+        return self
+
 
 class RuntimeSettings(Section):
     provider: Literal["cpu", "cuda", "tensorrt"] = "cpu"
@@ -320,7 +327,7 @@ def load_settings(
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, origin, str(resolved))) from None
-    resolve_secrets(settings, environ)
+    resolve_secrets(settings, environ, from_env={k for k, v in origin.items() if v.startswith(ENV_PREFIX)})
     return settings
 
 
@@ -331,14 +338,14 @@ def _read_secret(path: str, key: str) -> SecretStr:
         raise ConfigError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
 
 
-def resolve_secrets(settings: Settings, environ: dict[str, str]) -> None:
-    """Fill SecretStr fields from *_file keys or $CREDENTIALS_DIRECTORY, in that order."""
+def resolve_secrets(settings: Settings, environ: dict[str, str], from_env: set[str] = frozenset()) -> None:
+    """Secrets by DESIGN.md's precedence: environment > *_file > $CREDENTIALS_DIRECTORY > TOML."""
     cred_dir = environ.get("CREDENTIALS_DIRECTORY", "")
     for key, cred_name in SECRET_KEYS.items():
+        if key in from_env:
+            continue
         section_name, field = key.split(".")
         section = getattr(settings, section_name)
-        if getattr(section, field) is not None:
-            continue
         file_path = getattr(section, f"{field}_file")
         if file_path:
             setattr(section, field, _read_secret(file_path, f"{key}_file"))

@@ -33,7 +33,7 @@ class Baseline:
         return cls(float(med), float(p05), float(p95))
 
     def as_dict(self) -> dict[str, float]:
-        return {"median": self.median, "p05": self.p05, "p95": self.p95}
+        return {"median": round(self.median, 6), "p05": round(self.p05, 6), "p95": round(self.p95, 6)}
 
 
 @dataclass(slots=True)
@@ -117,6 +117,9 @@ def fmt_value(v: float, unit: str | None) -> str:
 
 
 def fmt_duration(seconds: float) -> str:
+    if seconds < 9.95:
+        text = fmt_number(round(seconds, 1))
+        return f"{text} second{'' if text == '1' else 's'}"
     s = int(round(seconds))
     if s < 90:
         return f"{s} second{'s' if s != 1 else ''}"

@@ -28,7 +28,7 @@ class RobustZScoreDetector:
     """|x - median| / (1.4826 MAD) over the preceding window, squashed into [0, 1].
 
     ``z_half`` is the z at which the score is 0.5: score = z² / (z² + z_half²). The scale has
-    a floor (a share of the window's spread and of the level) so a perfectly flat metric
+    a floor (a share of the window's spread and a hair of the level) so a perfectly flat metric
     does not alarm on its first rounding change.
     """
 
@@ -52,7 +52,7 @@ class RobustZScoreDetector:
             med = np.nanmedian(ctx, axis=1)
             mad = np.nanmedian(np.abs(ctx - med[:, None]), axis=1)
             spread = np.nanmax(ctx, axis=1) - np.nanmin(ctx, axis=1)
-            scale = np.maximum.reduce([1.4826 * mad, 0.05 * spread, 1e-3 * np.abs(med), np.full_like(med, 1e-9)])
+            scale = np.maximum.reduce([1.4826 * mad, 0.05 * spread, 1e-4 * np.abs(med), np.full_like(med, 1e-9)])
             z = np.abs(current[ready] - med) / scale
         scores[ready] = z * z / (z * z + self.z_half**2)
         return scores

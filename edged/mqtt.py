@@ -10,6 +10,7 @@ users. Callbacks run on paho's network thread and only wrap messages into frozen
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -80,7 +81,7 @@ class MqttLink:
         self.connected = threading.Event()
         self.connects = 0
         self.publish_failures = 0
-        self._last_fail_log = 0.0
+        self._closing = False
         cfg = settings.mqtt
         self.v5 = cfg.protocol == "v5"
         self.client = _Client(
@@ -103,7 +104,7 @@ class MqttLink:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
         self.client.will_set(topics.status, "offline", qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(cfg.reconnect_max_s)))
+        self.client.reconnect_delay_set(min_delay=1, max_delay=max(1, math.ceil(cfg.reconnect_max_s)))
         self.client.max_queued_messages_set(cfg.max_queued_messages)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
@@ -131,6 +132,7 @@ class MqttLink:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 pass
+        self._closing = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -196,7 +198,7 @@ class MqttLink:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        if was:
+        if was and not self._closing:
             log.warning("mqtt_disconnected", reason=str(reason_code))
 
     def _on_message(self, client, userdata, msg) -> None:

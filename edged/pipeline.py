@@ -119,6 +119,7 @@ class SensorPipeline:
         self.started = time.time()
         self.last_progress = time.monotonic()
         self.stats_extra: Callable[[], dict] = lambda: {}
+        self.is_connected: Callable[[], bool] = lambda: True
         self.apply_settings(settings)
 
     # ------------------------------------------------------------------ configuration
@@ -399,11 +400,12 @@ class SensorPipeline:
         if self._reannounce.is_set():
             self._reannounce.clear()
             self.reannounce()
+            self._next_stats = 0.0  # fresh retained stats right after every connect
         self.flush_states()
         if time.monotonic() >= self._next_silence_check:
             self._next_silence_check = time.monotonic() + SILENCE_CHECK_S
             self.check_silence()
-        if time.monotonic() >= self._next_stats:
+        if time.monotonic() >= self._next_stats and self.is_connected():
             self._next_stats = time.monotonic() + self.settings.node.stats_interval_s
             self.publish_stats()
 
@@ -424,6 +426,8 @@ class SensorPipeline:
                 state = self.decisions[slot]
                 if state is None or state.silence is not None:
                     continue
+                if state.status == LEARNING and np.isnan(self._interval_override[slot]):
+                    continue  # no events before the baseline exists (DESIGN.md), unless an interval is set
                 events = decide_silence(state, now=now, last_ts=float(last[slot]), interval=float(interval[slot]),
                                         stale_after=self.settings.sensors.stale_factor * float(interval[slot]),
                                         unit=self.store.units[slot])

@@ -101,9 +101,10 @@ class SimMetric:
     def metric(self) -> str:
         return f"{self.device}/{self.kind}"
 
-    def active(self, ts: float) -> Injection | None:
+    def active(self, ts: float, step: float) -> Injection | None:
+        """The injection covering ``ts``; a spike covers exactly one reading (the first at or after its start)."""
         for inj in self.injections:
-            if inj.start <= ts <= inj.start + max(inj.duration, 1e-9) or (inj.kind == "spike" and abs(ts - inj.start) < 1e-9):
+            if inj.start <= ts < inj.start + max(inj.duration, step):
                 return inj
             if inj.start > ts:
                 break
@@ -118,7 +119,7 @@ class SimMetric:
         day = 2 * math.pi * (ts % 86400) / 86400
         base = self.level + self.amp * math.sin(day + self.phase) + self.drift * (ts / 86400 % 10)
         v = base + self.noise * float(self.rng.standard_normal())
-        inj = self.active(ts)
+        inj = self.active(ts, step)
         spread = max(self.noise, abs(self.amp) * 0.1, 1e-3)
         if inj is None:
             self.stuck_value = None
@@ -160,7 +161,7 @@ def encode(fmt: str, prefix: str, device: str, readings: list[tuple[SimMetric, f
         body = {m.kind: (bool(v) if m.kind == "door" else v) for m, v in readings}
         body.update({"linkquality": 120, "battery": 97, "ts": round(ts, 3)})
         return [(f"{prefix}/{device}", json.dumps(body).encode())]
-    records: list[dict] = [{"bn": f"{device}/", "bt": round(ts, 3)}]
+    records: list[dict] = [{"bn": "", "bt": round(ts, 3)}]
     for i, (m, v) in enumerate(readings):
         rec: dict = {"n": m.kind}
         if m.kind == "door":
@@ -170,7 +171,7 @@ def encode(fmt: str, prefix: str, device: str, readings: list[tuple[SimMetric, f
             if m.unit:
                 rec["u"] = m.unit
         records[0].update(rec) if i == 0 else records.append(rec)
-    return [(f"{prefix}", json.dumps(records).encode())]
+    return [(f"{prefix}/{device}", json.dumps(records).encode())]
 
 
 def _bare(v: float) -> bytes:
