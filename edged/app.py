@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, runtime
+from . import __version__, runtime, snapshot
 from .actions import register_core_actions
 from .commands import ActionRegistry, CommandLane
 from .config import ConfigError, Settings
@@ -22,6 +22,7 @@ from .logs import get_logger
 from .messages import RawMessage, Topics
 from .mqtt import MqttLink
 from .pipeline import SensorPipeline
+from .publisher import Publisher, Spool
 from .sdnotify import Notifier
 from .stats import Stats
 
@@ -39,13 +40,19 @@ class Daemon:
         self.stats = Stats()
         detector = make_detector(settings.anomaly.detector, settings.anomaly.window, settings.anomaly.learning_readings)
         self.mqtt = MqttLink(settings, self.topics, self._on_message, self._on_connected)
-        self.pipeline = SensorPipeline(settings, self.topics, detector, self.mqtt.publish, self.stats)
+        self.state_dir = Path(settings.node.state_dir)
+        writable = self._state_dir_writable()
+        spool = Spool(self.state_dir / "spool.sqlite", settings.durability.spool_max_messages) if writable else None
+        self.publisher = Publisher(self.mqtt.publish, self.mqtt.connected.is_set, self.stats, spool)
+        self.snapshot_path = self.state_dir / "state.npz" if writable else None
+        self.pipeline = SensorPipeline(settings, self.topics, detector, self.publisher, self.stats)
         self.pipeline.is_connected = self.mqtt.connected.is_set
         self.pipeline.stats_extra = lambda: {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
-                                             "commands_queue_depth": len(self.commands._queue)}
+                                             "commands_queue_depth": len(self.commands._queue),
+                                             "spool_depth": self.publisher.depth()}
         self.registry = ActionRegistry()
         register_core_actions(self.registry, self.pipeline, self.mqtt.connected.is_set, self.request_reload)
-        self.commands = CommandLane(self.topics, self.registry, self.mqtt.publish, self.stats)
+        self.commands = CommandLane(self.topics, self.registry, self.publisher, self.stats)
         self._stopping = threading.Event()
         self._hup = threading.Event()
         self.notifier = Notifier()
@@ -94,8 +101,19 @@ class Daemon:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self.request_reload)
 
+    def save_snapshot(self) -> None:
+        if self.snapshot_path is None:
+            return
+        try:
+            size = snapshot.save(self.snapshot_path, self.pipeline)
+            self.stats.incr("snapshots")
+            log.debug("snapshot_saved", bytes=size)
+        except OSError as exc:
+            log.warning("snapshot_failed", path=str(self.snapshot_path), error=exc.strerror or str(exc))
+
     def run(self) -> int:
-        self._state_dir_writable()
+        if self.snapshot_path is not None:
+            snapshot.restore(self.snapshot_path, self.pipeline)
         lanes = [
             threading.Thread(target=self.pipeline.run, name="sensor-lane", daemon=True),
             threading.Thread(target=self.commands.run, name="command-lane", daemon=True),
@@ -111,11 +129,18 @@ class Daemon:
         # (a Pi that boots before its broker must not be restarted in a loop).
         self.notifier.ready(self.health_line())
         next_status = next_ping = 0.0
-        while not self._stopping.wait(0.5):
+        next_snapshot = time.monotonic() + self.settings.durability.snapshot_interval_s
+        while not self._stopping.wait(0.25):
             if self._hup.is_set():
                 self._hup.clear()
                 self.reload()
             now = time.monotonic()
+            if self.publisher.spool is not None and self.mqtt.connected.is_set() and self.publisher.depth():
+                self.publisher.flush()
+            if self.pipeline.snapshot_due.is_set() or now >= next_snapshot:
+                self.pipeline.snapshot_due.clear()
+                self.save_snapshot()
+                next_snapshot = now + self.settings.durability.snapshot_interval_s
             if self.notifier.watchdog_s and now >= next_ping and self.lanes_healthy(now):
                 self.notifier.watchdog()
                 next_ping = now + self.notifier.watchdog_s / 3
@@ -129,8 +154,11 @@ class Daemon:
         self.commands.stop()
         for t in lanes:
             t.join(timeout=10)
+        self.save_snapshot()
         self.pipeline.publish_stats()
         self.mqtt.stop()
+        if self.publisher.spool is not None:
+            self.publisher.spool.close()
         log.info("stopped")
         return 0
 

@@ -27,6 +27,13 @@ app = typer.Typer(
 config_app = typer.Typer(help="Create, inspect and change the TOML configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
+
+@config_app.callback()
+def _config_root(
+    version: bool = typer.Option(False, "--version", callback=lambda v: _version(v), is_eager=True, help="print the version and exit"),
+) -> None:
+    """Create, inspect and change the TOML configuration."""
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="config file (default: $EDGED_CONFIG, then /etc/edged/edged.toml)")
 # --version works on every command, as --help does.
 VersionOpt = typer.Option(False, "--version", callback=lambda v: _version(v), is_eager=True, expose_value=False,

@@ -135,6 +135,12 @@ class RuntimeSettings(Section):
     log_severity: Literal["verbose", "info", "warning", "error", "fatal"] = "warning"
 
 
+class DurabilitySettings(Section):
+    mode: Literal["relaxed"] = "relaxed"  # "strict" (WAL + manual acknowledgement) is not built yet
+    snapshot_interval_s: float = Field(300.0, ge=5, le=86400)
+    spool_max_messages: int = Field(10000, ge=10, le=10_000_000)
+
+
 class ModelsSettings(Section):
     dir: str = ""
 
@@ -164,6 +170,7 @@ class Settings(BaseModel):
     sensors: SensorSettings = Field(default_factory=SensorSettings)
     anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    durability: DurabilitySettings = Field(default_factory=DurabilitySettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     cloud: CloudSettings = Field(default_factory=CloudSettings)

@@ -79,6 +79,11 @@ provider = "cpu"             # "cpu", "cuda" or "tensorrt" (onnxruntime-gpu on a
 intra_op_threads = 1
 log_severity = "warning"     # onnxruntime's own log level
 
+[durability]
+mode = "relaxed"             # readings acknowledged on receipt; a crash loses at most the last snapshot interval
+snapshot_interval_s = 300    # per-metric state is snapshotted this often (and at every clean stop)
+spool_max_messages = 10000   # events/replies held on disk while the broker is away; oldest dropped beyond
+
 [models]
 dir = ""                     # empty: <node.state_dir>/models; where `edged models pull` writes
 

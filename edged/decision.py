@@ -8,8 +8,8 @@ flap. Silence (no reading for too long) is an episode of kind ``silence``.
 
 from __future__ import annotations
 
+import hashlib
 import math
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -171,8 +171,9 @@ class MetricDecision:
     muted_until: float = 0.0
 
 
-def _new_id() -> str:
-    return uuid.uuid4().hex[:12]
+def episode_id(metric: str, kind: str, start_ts: float) -> str:
+    """Deterministic: re-processing the same readings (after a crash) yields the same id."""
+    return hashlib.blake2b(f"{metric}|{kind}|{start_ts:.3f}".encode(), digest_size=6).hexdigest()
 
 
 def decide_value(
@@ -205,7 +206,7 @@ def decide_value(
             direction = "none"
             if baseline:
                 direction = "up" if value > baseline.median else "down" if value < baseline.median else "none"
-            ep = Episode(_new_id(), "value", state.metric, ts, baseline, direction, value, value, score, ts, unit)
+            ep = Episode(episode_id(state.metric, "value", ts), "value", state.metric, ts, baseline, direction, value, value, score, ts, unit)
             state.episode, state.below = ep, 0
             events.append(Event("start", ep, ts, summarize("start", ep)))
     else:
@@ -227,7 +228,7 @@ def decide_silence(
     """Called by the periodic tick: a metric silent for longer than ``stale_after`` goes stale."""
     if state.silence is not None or not math.isfinite(last_ts) or now - last_ts <= stale_after:
         return []
-    ep = Episode(_new_id(), "silence", state.metric, last_ts, None, "none", float("nan"), float("nan"), 1.0, now, unit, interval)
+    ep = Episode(episode_id(state.metric, "silence", last_ts), "silence", state.metric, last_ts, None, "none", float("nan"), float("nan"), 1.0, now, unit, interval)
     state.silence = ep
     state.status = STALE
     return [Event("start", ep, now, summarize("start", ep))]

@@ -112,6 +112,7 @@ class SensorPipeline:
         self._redeliveries: OrderedDict[tuple, None] = OrderedDict()
         self._metric_cache: dict[str, bool] = {}
         self._reannounce = threading.Event()
+        self.snapshot_due = threading.Event()
         self.recent_events: deque[dict] = deque(maxlen=RECENT_EVENTS)  # for questions about anomalies
         self._next_stats = 0.0
         self._clock_warned = -math.inf
@@ -376,6 +377,7 @@ class SensorPipeline:
             self.publish(self.topics.anomaly(ev.episode.metric), json.dumps(payload),
                          qos=self.settings.mqtt.qos, retain=False)
             self.recent_events.append(payload)
+            self.snapshot_due.set()  # episode boundaries are snapshotted promptly
             self.stats.incr(f"events_{ev.event}")
             log.info("anomaly", phase=ev.event, kind=ev.episode.kind, metric=ev.episode.metric,
                      id=ev.episode.id, summary=ev.summary)
@@ -465,6 +467,14 @@ class SensorPipeline:
         self._pending_state.discard(slot)
         self.publish(self.topics.state(name), b"", qos=1, retain=True)
         return name
+
+    def after_restore(self) -> None:
+        """Rebuild what derives from the settings after a snapshot replaced the state."""
+        cap = self.store.capacity
+        self._last_state_pub = _grown(np.zeros(0), cap, 0.0)
+        self._interval_override = _grown(np.zeros(0), cap, np.nan)
+        self.apply_settings(self.settings)
+        self._reannounce.set()
 
     def live_slots(self) -> list[int]:
         return [slot for slot, state in enumerate(self.decisions) if state is not None]

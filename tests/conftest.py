@@ -289,7 +289,27 @@ def start_node(daemon_factory, probe_factory, port: int, extra: str = "", **kw):
     probe = probe_factory(port)
     probe.subscribe(f"{d.root}/#")
     probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online", timeout=15)
+    wait_subscribed(probe, d.root)
     return d, probe
+
+
+def wait_subscribed(probe, root: str, timeout: float = 10.0) -> None:
+    """``online`` is published before the daemon's SUBSCRIBE (see the test report), so a reading sent
+    the moment ``online`` shows can be lost. A request round trip proves the subscriptions are live:
+    the request filter and the sensor filters go out in one SUBSCRIBE packet."""
+    token = uuid.uuid4().hex.encode()
+    reply_topic = f"edged-test/ready/{token.decode()}"
+    probe.subscribe(reply_topic)
+
+    def attempt():
+        probe.publish(f"{root}/request/status", "{}", properties=v5_request_properties(reply_topic, token))
+        try:
+            return probe.wait_topic(reply_topic, timeout=0.5)
+        except AssertionError:
+            return None
+
+    wait_for(attempt, timeout, what=f"the daemon under {root} to answer a request")
+    probe.client.unsubscribe(reply_topic)
 
 
 def latest_stats(probe, root: str, predicate=lambda s: True, timeout: float = 10.0) -> dict:
