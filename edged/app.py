@@ -15,9 +15,12 @@ from typing import Callable
 
 from . import __version__, runtime, snapshot
 from .actions import register_core_actions
+from .ask import Asker, make_cloud
+from .auth import RequestAuth
 from .commands import ActionRegistry, CommandLane
 from .config import ConfigError, Settings
 from .detector import make_detector
+from .facts import Facts
 from .logs import get_logger
 from .messages import RawMessage, Topics
 from .mqtt import MqttLink
@@ -28,6 +31,7 @@ from .stats import Stats
 
 # A lane that has not moved for this long is stalled: the watchdog pings stop.
 LANE_DEADLINE_S = 30.0
+MIN_SNAPSHOT_GAP_S = 2.0
 
 log = get_logger("edged.app")
 
@@ -47,16 +51,29 @@ class Daemon:
         self.snapshot_path = self.state_dir / "state.npz" if writable else None
         self.pipeline = SensorPipeline(settings, self.topics, detector, self.publisher, self.stats)
         self.pipeline.is_connected = self.mqtt.connected.is_set
-        self.pipeline.stats_extra = lambda: {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
-                                             "commands_queue_depth": len(self.commands._queue),
-                                             "spool_depth": self.publisher.depth()}
+        self.pipeline.stats_extra = self._extra_stats
         self.registry = ActionRegistry()
         register_core_actions(self.registry, self.pipeline, self.mqtt.connected.is_set, self.request_reload)
-        self.commands = CommandLane(self.topics, self.registry, self.publisher, self.stats)
+        self.facts = Facts(self.pipeline)
+        self._make_asker(settings)
+        secret = settings.mqtt.request_secret
+        auth = RequestAuth(secret.get_secret_value() if secret else None, settings.mqtt.request_window_s)
+        self.commands = CommandLane(self.topics, self.registry, self.publisher, self.stats, auth=auth)
         self._stopping = threading.Event()
         self._hup = threading.Event()
         self.notifier = Notifier()
         self._reported_stall = False
+
+    def _make_asker(self, settings: Settings) -> None:
+        self.cloud = make_cloud(settings.cloud)
+        self.registry.register("ask", Asker(self.facts, self.cloud, settings.cloud, self.stats, settings.llm.answer_deadline_s))
+
+    def _extra_stats(self) -> dict:
+        extra = {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
+                 "commands_queue_depth": len(self.commands._queue), "spool_depth": self.publisher.depth()}
+        if self.cloud is not None:
+            extra["cloud"] = self.cloud.counters()
+        return extra
 
     # ------------------------------------------------------------------ routing (network thread)
     def _on_message(self, msg: RawMessage) -> None:
@@ -90,6 +107,8 @@ class Daemon:
             log.error("reload_rejected", error=str(exc), hint="the running configuration is kept")
             return
         restart_needed = [s for s in ("mqtt", "node") if getattr(new, s) != getattr(self.settings, s)]
+        if new.cloud != self.settings.cloud or new.llm != self.settings.llm:
+            self._make_asker(new)
         self.settings = new
         self.pipeline.apply_settings(new)
         self.mqtt.set_wanted(self.wanted_subscriptions())
@@ -130,6 +149,7 @@ class Daemon:
         self.notifier.ready(self.health_line())
         next_status = next_ping = 0.0
         next_snapshot = time.monotonic() + self.settings.durability.snapshot_interval_s
+        last_snapshot = -MIN_SNAPSHOT_GAP_S
         while not self._stopping.wait(0.25):
             if self._hup.is_set():
                 self._hup.clear()
@@ -137,9 +157,12 @@ class Daemon:
             now = time.monotonic()
             if self.publisher.spool is not None and self.mqtt.connected.is_set() and self.publisher.depth():
                 self.publisher.flush()
-            if self.pipeline.snapshot_due.is_set() or now >= next_snapshot:
+            # Episode boundaries are snapshotted promptly, but at most every MIN_SNAPSHOT_GAP_S:
+            # an event storm must not turn into a write storm on an SD card.
+            if (self.pipeline.snapshot_due.is_set() and now - last_snapshot >= MIN_SNAPSHOT_GAP_S) or now >= next_snapshot:
                 self.pipeline.snapshot_due.clear()
                 self.save_snapshot()
+                last_snapshot = now
                 next_snapshot = now + self.settings.durability.snapshot_interval_s
             if self.notifier.watchdog_s and now >= next_ping and self.lanes_healthy(now):
                 self.notifier.watchdog()

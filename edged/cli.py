@@ -241,6 +241,33 @@ def replay(
                    f" → {pairs[0][1] if len(pairs) == 1 else out}")
 
 
+# --------------------------------------------------------------------------- ask
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="the question, in plain words"),
+    config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
+    as_json: bool = typer.Option(False, "--json", help="print the whole reply as JSON"),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.5, help="seconds to wait for the answer"),
+) -> None:
+    """Ask the running daemon a question over MQTT and print its answer."""
+    from .mqtt import request
+
+    settings = _settings(config)
+    # The daemon answers within deadline_s; leave it room for the round trip.
+    reply = request(settings, "ask", {"question": question, "deadline_s": max(0.1, timeout - 0.5)}, timeout=timeout)
+    if as_json:
+        typer.echo(json.dumps(reply, indent=2, ensure_ascii=False))
+    elif reply.get("status") == "ok":
+        data = reply.get("data", {})
+        typer.echo(data.get("answer", ""))
+        typer.echo(f"({data.get('source')}, {data.get('model')}, {data.get('latency_ms')} ms)", err=True)
+    if reply.get("status") != "ok":
+        raise Exit(1, reply.get("error", "error reply"))
+
+
 # --------------------------------------------------------------------------- status
 
 

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .auth import NOT_AUTHENTICATED, AuthFailure, RequestAuth
 from .logs import get_logger
 from .messages import RawMessage, Topics
 from .stats import Stats
@@ -22,6 +23,8 @@ from .stats import Stats
 log = get_logger("edged.commands")
 
 MAX_REQUEST_BYTES = 16 * 1024
+# Refused (unauthenticated) requests draw at most one log line per this many seconds.
+AUTH_LOG_EVERY_S = 60.0
 
 
 class ActionError(Exception):
@@ -77,12 +80,32 @@ def parse_request(action: str, payload: bytes, received: float) -> Request:
     return Request(action, {}, text, None, received)
 
 
+def _best_effort_transaction(payload: bytes) -> Any:
+    """The ``transaction`` of a refused request, so the caller can match the refusal."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    transaction = obj.get("transaction") if isinstance(obj, dict) else None
+    if isinstance(transaction, bool) or not isinstance(transaction, (str, int)):
+        return None
+    if isinstance(transaction, str) and len(transaction) > 128:
+        return None
+    if isinstance(transaction, int) and abs(transaction) >= 2**63:
+        return None
+    return transaction
+
+
 class CommandLane:
-    def __init__(self, topics: Topics, registry: ActionRegistry, publish, stats: Stats, queue_size: int = 256) -> None:
+    def __init__(self, topics: Topics, registry: ActionRegistry, publish, stats: Stats, queue_size: int = 256,
+                 auth: RequestAuth | None = None) -> None:
         self.topics = topics
         self.registry = registry
         self.publish = publish
         self.stats = stats
+        self.auth = auth  # None, or a RequestAuth without a secret: requests are not authenticated
+        self._auth_log_at = -float("inf")  # monotonic time of the last refusal log line
+        self._auth_log_pending = 0
         self._queue: deque[RawMessage] = deque(maxlen=queue_size)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -108,12 +131,46 @@ class CommandLane:
             if self._stop.is_set() and not self._queue:
                 return
 
+    def _refuse(self, msg: RawMessage, action: str, failure: AuthFailure) -> None:
+        """Count, log (at most once a minute), and answer without saying what failed."""
+        self.stats.incr("requests_unauthenticated")
+        self.stats.incr("requests_failed")
+        now = time.monotonic()
+        self._auth_log_pending += 1
+        if now - self._auth_log_at >= AUTH_LOG_EVERY_S:
+            log.warning("request_refused", reason=failure.reason, topic=msg.topic[:200],
+                        refused=self._auth_log_pending, hint="requests must be signed with the shared secret "
+                        "(docs/SECURITY.md); check the client's secret and clock")
+            self._auth_log_at, self._auth_log_pending = now, 0
+        reply: dict[str, Any] = {"status": "error", "error": NOT_AUTHENTICATED}
+        transaction = _best_effort_transaction(msg.payload) if len(msg.payload) <= MAX_REQUEST_BYTES else None
+        if transaction is not None:
+            reply["transaction"] = transaction
+        # An unauthenticated sender must not make the daemon publish to a topic of its choosing:
+        # a v5 Response Topic is honoured only under this node's response/ tree.
+        topic = msg.response_topic
+        if not topic or not topic.startswith(self.topics.root + "/response/"):
+            topic = self.topics.response(action[:60] or "unknown")
+        self.publish(topic, json.dumps(reply), qos=1, retain=False, correlation_data=msg.correlation_data)
+
     def handle(self, msg: RawMessage) -> None:
         action = msg.topic[len(self.topics.request_prefix):]
         self.stats.incr("requests")
         transaction = None
+        payload = msg.payload
+        if self.auth is not None and self.auth.enabled and len(payload) <= MAX_REQUEST_BYTES:
+            # (a payload over the limit is refused by parse_request as too large, unread)
+            try:
+                payload = self.auth.verify(msg.topic, payload, msg.user_properties)
+            except AuthFailure as failure:
+                self._refuse(msg, action, failure)
+                return
+            except Exception:  # a bug in verification must neither kill the lane nor let a request in
+                log.exception("request_auth_failed", action=action[:60])
+                self._refuse(msg, action, AuthFailure("malformed"))
+                return
         try:
-            request = parse_request(action, msg.payload, msg.received)
+            request = parse_request(action, payload, msg.received)
             transaction = request.transaction
             handler = self.registry.get(action)
             if handler is None:

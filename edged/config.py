@@ -37,7 +37,7 @@ class ConfigError(Exception):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class NodeSettings(Section):
@@ -72,6 +72,16 @@ class MqttSettings(Section):
     qos: int = Field(1, ge=0, le=1)
     session_expiry_s: int = Field(3600, ge=0)
     max_queued_messages: int = Field(10000, ge=100)
+    request_secret: SecretStr | None = None  # shared secret for signed requests (DESIGN.md); empty: off
+    request_secret_file: str = ""
+    request_window_s: float = Field(60.0, ge=1, le=3600)
+
+    @field_validator("request_secret")
+    @classmethod
+    def _secret_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and 0 < len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
 
     @field_validator("base_topic")
     @classmethod
@@ -98,6 +108,7 @@ class SensorSettings(Section):
     future_tolerance_s: float = Field(300.0, ge=0)
     queue_size: int = Field(20000, ge=10)
     stale_factor: float = Field(5.0, ge=1.5)
+    min_silence_s: float = Field(30.0, ge=0, description="a learned interval never makes silence shorter than this")
 
     @field_validator("topics")
     @classmethod
@@ -147,6 +158,7 @@ class ModelsSettings(Section):
 
 class LlmSettings(Section):
     enabled: bool = True
+    answer_deadline_s: float = Field(10.0, ge=0.1, le=120, description="an `ask` reply never comes later")
 
 
 class CloudSettings(Section):
@@ -155,6 +167,25 @@ class CloudSettings(Section):
     model: str = "gpt-4o-mini"
     api_key: SecretStr | None = None
     api_key_file: str = ""
+    timeout_s: float = Field(20.0, gt=0, le=300)
+    max_retries: int = Field(2, ge=0, le=10)
+    backoff_base_s: float = Field(0.5, ge=0, le=60)
+    backoff_cap_s: float = Field(8.0, ge=0, le=600)
+    breaker_failures: int = Field(5, ge=1, le=1000)
+    breaker_cooldown_s: float = Field(60.0, ge=0, le=86400)
+    daily_requests: int = Field(500, ge=0, description="per rolling 24 h; 0 = no limit")
+    daily_tokens: int = Field(200_000, ge=0, description="per rolling 24 h; 0 = no limit")
+    max_tokens: int = Field(400, ge=1, le=32768)
+    temperature: float = Field(0.2, ge=0, le=2)
+    share: list[Literal["metric_names", "current_values", "anomaly_summaries", "statistics"]] = Field(
+        default_factory=lambda: ["metric_names", "current_values", "anomaly_summaries"],
+        description="what facts may leave the device with a cloud request")
+
+    @model_validator(mode="after")
+    def _backoff(self) -> "CloudSettings":
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError(f"backoff_cap_s ({self.backoff_cap_s}) must be >= backoff_base_s ({self.backoff_base_s})")
+        return self
 
 
 class LogSettings(Section):
@@ -209,7 +240,8 @@ class Settings(BaseModel):
         return None
 
 
-SECRET_KEYS = {"mqtt.password": "mqtt_password", "cloud.api_key": "cloud_api_key"}
+SECRET_KEYS = {"mqtt.password": "mqtt_password", "cloud.api_key": "cloud_api_key",
+               "mqtt.request_secret": "request_secret"}
 
 
 # --------------------------------------------------------------------------- loading
@@ -237,8 +269,8 @@ def read_toml(path: Path, *, missing_ok: bool) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError; so are absurd integers
+        raise ConfigError(f"config file {path} is not valid TOML: {str(exc)[:200]}") from None
 
 
 def env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -258,7 +290,7 @@ def env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, st
         if raw.strip()[:1] in ("[", "{") and f"{section}.{key}" not in SECRET_KEYS:
             try:
                 value = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ConfigError(f"environment variable {name}: {raw[:60]!r} is not valid JSON") from None
         data.setdefault(section, {})[key] = value
         origin[f"{section}.{key}"] = name
@@ -343,6 +375,8 @@ def _read_secret(path: str, key: str) -> SecretStr:
         return SecretStr(Path(path).read_text(encoding="utf-8").strip())
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError):  # a NUL in the path, or a file that is not UTF-8 text
+        raise ConfigError(f"{key}: secret file {path[:120]!r} is not a readable UTF-8 text file") from None
 
 
 def resolve_secrets(settings: Settings, environ: dict[str, str], from_env: set[str] = frozenset()) -> None:

@@ -46,6 +46,9 @@ reconnect_max_s = 5          # cap of the exponential reconnect backoff
 qos = 1                      # subscription and publish QoS (0 or 1)
 session_expiry_s = 3600      # MQTT v5: how long the broker keeps the session while edged is away
 max_queued_messages = 10000  # outbound messages held while disconnected
+request_secret_file = ""     # shared secret: requests must then be signed (HMAC, docs/SECURITY.md);
+                             # or EDGED_MQTT__REQUEST_SECRET, or the request_secret credential
+request_window_s = 60        # a signed request's timestamp must be this close to the local clock
 
 [sensors]
 topics = ["sensors/#"]       # metric name = topic minus the filter's literal prefix
@@ -56,6 +59,7 @@ max_json_depth = 8
 future_tolerance_s = 300     # readings stamped further ahead of the local clock are rejected
 queue_size = 20000           # inbound queue; when full the oldest message is dropped (counted)
 stale_factor = 5             # stale after stale_factor x the expected interval without a reading
+min_silence_s = 30           # ... but never sooner than this for a learned interval (overrides may go lower)
 
 # Per-metric settings by glob, first match wins:
 # [[sensors.override]]
@@ -89,12 +93,24 @@ dir = ""                     # empty: <node.state_dir>/models; where `edged mode
 
 [llm]
 enabled = true
+answer_deadline_s = 10       # an `ask` reply never comes later (a request may ask for less)
 
 [cloud]
 enabled = false
 base_url = "https://api.openai.com/v1"
 model = "gpt-4o-mini"
 api_key_file = ""            # or EDGED_CLOUD__API_KEY, or the cloud_api_key credential
+timeout_s = 20               # one HTTP attempt at most (a question's deadline may cut it shorter)
+max_retries = 2              # on 408/429/5xx/connection errors, honouring Retry-After
+backoff_base_s = 0.5
+backoff_cap_s = 8
+breaker_failures = 5         # consecutive failures that open the circuit ...
+breaker_cooldown_s = 60      # ... for this long, then one probe is let through
+daily_requests = 500         # per rolling 24 h; 0 = no limit
+daily_tokens = 200000        # per rolling 24 h; 0 = no limit
+max_tokens = 400
+temperature = 0.2
+share = ["metric_names", "current_values", "anomaly_summaries"]  # may also add "statistics"
 
 [log]
 level = "info"
@@ -135,7 +151,7 @@ def parse_cli_value(raw: str) -> Any:
 def set_value(path: Path, key: str, raw: str) -> Any:
     """Set SECTION.KEY in the file, keeping comments; validate first, write atomically."""
     section, field = split_key(key)
-    if key in ("mqtt.password", "cloud.api_key"):
+    if key in ("mqtt.password", "cloud.api_key", "mqtt.request_secret"):
         raise ConfigError(f"{key}: secrets are not written to the config file; use {key}_file or the environment")
     if path.exists():
         try:
@@ -147,6 +163,8 @@ def set_value(path: Path, key: str, raw: str) -> Any:
     value = parse_cli_value(raw)
     if section not in doc:
         doc[section] = tomlkit.table()
+    elif not isinstance(doc[section], dict):
+        raise ConfigError(f"{path}: {section!r} is a {type(doc[section].unwrap()).__name__}, not a [{section}] table; fix the file first")
     doc[section][field] = value  # type: ignore[index]
     try:
         Settings.model_validate(doc.unwrap())

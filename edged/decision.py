@@ -96,7 +96,7 @@ def fmt_number(v: float) -> str:
     if not math.isfinite(v):
         return str(v)
     a = abs(v)
-    if a >= 1000 or v == int(v):
+    if a >= 10000 or v == int(v):
         text = f"{v:.0f}"
     elif a >= 10:
         text = f"{v:.1f}"

@@ -164,6 +164,16 @@ def is_excluded(metric: str, patterns: list[str] | tuple[str, ...]) -> bool:
 # --------------------------------------------------------------------------- decoding
 
 
+def topic_safe(name: str) -> bool:
+    """A metric name must be publishable as a topic level: no wildcards, control characters
+    or lone surrogates (a NUL would make the broker drop the connection)."""
+    for ch in name:
+        code = ord(ch)
+        if ch in "+#" or code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF:
+            return False
+    return True
+
+
 def _json_depth(obj: object) -> int:
     """Nesting depth of decoded JSON, iteratively (no recursion on hostile input)."""
     depth = 0
@@ -198,7 +208,10 @@ def parse_timestamp(raw: object) -> float:
     if isinstance(raw, bool):
         raise ValueError(f"timestamp must be a number or ISO-8601 string, got {raw!r}")
     if isinstance(raw, (int, float)):
-        ts = float(raw)
+        try:
+            ts = float(raw)
+        except OverflowError:
+            raise ValueError("timestamp is out of range") from None
         if not math.isfinite(ts):
             raise ValueError(f"timestamp is not finite: {raw!r}")
         return ts / 1000.0 if abs(ts) >= EPOCH_MS_THRESHOLD else ts
@@ -272,8 +285,8 @@ def _decode_object(metric: str, obj: dict, now: float, limits: DecodeLimits) -> 
     # Flat multi-field object (Zigbee2MQTT style): every numeric/boolean field is a reading.
     readings: list[Reading] = []
     for key, raw in obj.items():
-        if key in TIMESTAMP_KEYS or key == "unit" or not isinstance(key, str) or not key:
-            continue
+        if key in TIMESTAMP_KEYS or key == "unit" or not isinstance(key, str) or not key or not topic_safe(key):
+            continue  # a key that cannot be a topic level is skipped like a non-numeric field
         value = _number(raw)
         if value is None:
             continue  # names, nested objects, other strings: skipped by design
@@ -324,6 +337,9 @@ def _decode_senml(metric: str, pack: list, now: float, limits: DecodeLimits) -> 
         full_name = (base_name + name).strip("/").replace(":", "/")
         if not full_name:
             return Rejection("bad_senml", f"record {index} has no name (bn + n is empty)")
+        if not topic_safe(full_name) or "//" in full_name:
+            return Rejection("bad_senml", f"record {index}: name {full_name[:40]!r} cannot be a topic level "
+                                          "(no '+', '#', empty levels or control characters)")
         when = base_time + rel_time
         if not math.isfinite(when):
             return Rejection("bad_timestamp", f"record {index}: time is not finite")

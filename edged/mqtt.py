@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .auth import sign
 from .config import Settings
 from .logs import get_logger
 from .messages import RawMessage, Topics
@@ -179,11 +180,13 @@ class MqttLink:
             return
         self.connects += 1
         self.connected.set()
-        client.publish(self.topics.status, "online", qos=1, retain=True)
         with self._lock:
             wanted = list(self._wanted.items())
+        # Subscribe before announcing `online`: the broker handles one connection's packets in
+        # order, so whoever reacts to `online` finds the subscriptions already in place.
         if wanted:
             client.subscribe(wanted)
+        client.publish(self.topics.status, "online", qos=1, retain=True)
         log.info("mqtt_connected", session_present=bool(getattr(flags, "session_present", False)),
                  subscriptions=len(wanted), connects=self.connects)
         self._on_connected_cb()
@@ -306,7 +309,12 @@ def request(settings: Settings, action: str, args: dict, timeout: float = 5.0) -
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = reply_topic
         props.CorrelationData = token.encode()
-    client.publish(topics.request_prefix + action, json.dumps({**args, "transaction": token}), qos=1, properties=props)
+    topic, secret = topics.request_prefix + action, settings.mqtt.request_secret
+    signed = sign(secret.get_secret_value() if secret else None, topic, json.dumps({**args, "transaction": token}),
+                  v5=props is not None)
+    if signed.user_properties:
+        props.UserProperty = signed.user_properties
+    client.publish(topic, signed.payload, qos=1, properties=props)
     try:
         if not got.wait(timeout):
             raise TimeoutError(f"no reply from node {topics.node!r} within {timeout:.0f} s (is edged running?)")

@@ -51,7 +51,10 @@ from .windows import APPENDED, DUPLICATE, LATE, MetricStore
 
 log = get_logger("edged.pipeline")
 
-STATE_MIN_INTERVAL_S = 1.0  # a metric's state is published at most once a second
+# State publishes per metric: a token bucket of 1 per second with a burst of 2, so a metric
+# reporting once a second (with jitter) is never delayed, and a faster one is coalesced.
+STATE_RATE_PER_S = 1.0
+STATE_BURST = 2.0
 TICK_S = 0.2
 SILENCE_CHECK_S = 0.5
 RECENT_EVENTS = 512
@@ -106,7 +109,8 @@ class SensorPipeline:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._intake_open = True
-        self._last_state_pub = np.zeros(0)
+        self._tokens = np.zeros(0)
+        self._token_time = np.zeros(0)
         self._interval_override = np.zeros(0)
         self._pending_state: set[int] = set()
         self._redeliveries: OrderedDict[tuple, None] = OrderedDict()
@@ -291,11 +295,12 @@ class SensorPipeline:
             self.decisions[slot] = MetricDecision(metric)
             self._thresholds.pop(slot, None)
             self.detector.reset(slot)
-        if len(self._last_state_pub) < self.store.capacity:
-            self._last_state_pub = _grown(self._last_state_pub, self.store.capacity, 0.0)
+        if len(self._tokens) < self.store.capacity:
+            self._tokens = _grown(self._tokens, self.store.capacity, STATE_BURST)
+            self._token_time = _grown(self._token_time, self.store.capacity, 0.0)
             self._interval_override = _grown(self._interval_override, self.store.capacity, np.nan)
         self._interval_override[slot] = rule.expected_interval_s if rule and rule.expected_interval_s else np.nan
-        self._last_state_pub[slot] = 0.0
+        self._tokens[slot] = STATE_BURST
         log.info("metric_added", metric=metric, metrics=len(self.store))
 
     def _score_round(self, items: list[_Scored]) -> None:
@@ -338,7 +343,7 @@ class SensorPipeline:
             if state.muted_until and state.muted_until > self.clock.now():
                 state.status = MUTED
             self._emit(events)
-            if mono - self._last_state_pub[slot] >= STATE_MIN_INTERVAL_S:
+            if self._take_token(slot, mono):
                 self._publish_state(slot, mono)
                 self.stats.ingest_latency.add(time.time() - item.received)
             else:
@@ -360,8 +365,16 @@ class SensorPipeline:
             "unit": self.store.units[slot],
         }
 
+    def _take_token(self, slot: int, mono: float) -> bool:
+        tokens = min(STATE_BURST, self._tokens[slot] + (mono - self._token_time[slot]) * STATE_RATE_PER_S)
+        self._token_time[slot] = mono
+        if tokens >= 1.0:
+            self._tokens[slot] = tokens - 1.0
+            return True
+        self._tokens[slot] = tokens
+        return False
+
     def _publish_state(self, slot: int, mono: float) -> None:
-        self._last_state_pub[slot] = mono
         self._pending_state.discard(slot)
         self.publish(self.topics.state(self.store.names[slot]), json.dumps(self.state_payload(slot)),
                      qos=self.settings.mqtt.qos, retain=True)
@@ -386,7 +399,7 @@ class SensorPipeline:
         with self.lock:
             mono = time.monotonic()
             for slot in list(self._pending_state):
-                if force or mono - self._last_state_pub[slot] >= STATE_MIN_INTERVAL_S:
+                if force or self._take_token(slot, mono):
                     self._publish_state(slot, mono)
 
     def reannounce(self) -> None:
@@ -418,11 +431,15 @@ class SensorPipeline:
             if n == 0:
                 return
             now = self.clock.now()
-            interval = np.where(np.isnan(self._interval_override[:n]), self.store.expected_intervals(),
-                                self._interval_override[:n])
+            factor = self.settings.sensors.stale_factor
+            override = self._interval_override[:n]
+            interval = np.where(np.isnan(override), self.store.expected_intervals(), override)
+            # A learned interval never makes silence shorter than min_silence_s; a configured one may.
+            stale_after = np.where(np.isnan(override), np.maximum(factor * interval, self.settings.sensors.min_silence_s),
+                                   factor * override)
             last = self.store.last_times()
             with np.errstate(invalid="ignore"):
-                overdue = np.flatnonzero(now - last > self.settings.sensors.stale_factor * interval)
+                overdue = np.flatnonzero(now - last > stale_after)
             mono = time.monotonic()
             for slot in overdue:
                 state = self.decisions[slot]
@@ -431,7 +448,7 @@ class SensorPipeline:
                 if state.status == LEARNING and np.isnan(self._interval_override[slot]):
                     continue  # no events before the baseline exists (DESIGN.md), unless an interval is set
                 events = decide_silence(state, now=now, last_ts=float(last[slot]), interval=float(interval[slot]),
-                                        stale_after=self.settings.sensors.stale_factor * float(interval[slot]),
+                                        stale_after=float(stale_after[slot]),
                                         unit=self.store.units[slot])
                 self._emit(events)
                 self._publish_state(slot, mono)
@@ -471,7 +488,8 @@ class SensorPipeline:
     def after_restore(self) -> None:
         """Rebuild what derives from the settings after a snapshot replaced the state."""
         cap = self.store.capacity
-        self._last_state_pub = _grown(np.zeros(0), cap, 0.0)
+        self._tokens = _grown(np.zeros(0), cap, STATE_BURST)
+        self._token_time = _grown(np.zeros(0), cap, 0.0)
         self._interval_override = _grown(np.zeros(0), cap, np.nan)
         self.apply_settings(self.settings)
         self._reannounce.set()

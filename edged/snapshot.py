@@ -52,18 +52,19 @@ def save(path: Path, pipeline) -> int:
     with pipeline.lock:
         store = pipeline.store
         n = len(store.names)
-        arrays = {"values": store.values[:n], "times": store.times[:n], "count": store.count[:n]}
+        # Copies under the lock (fast memcpy); compressing and writing happen outside it.
+        arrays = {"values": store.values[:n].copy(), "times": store.times[:n].copy(), "count": store.count[:n].copy()}
         for t, tier in enumerate(store.tiers):
             for name in TIER_ARRAYS:
-                arrays[f"tier{t}_{name}"] = getattr(tier, name)[:n]
+                arrays[f"tier{t}_{name}"] = getattr(tier, name)[:n].copy()
         meta = {
             "version": FORMAT_VERSION,
             "saved_at": time.time(),
             "window": store.window,
             "tiers": [[tier.width, tier.size] for tier in store.tiers],
-            "names": store.names,
-            "units": store.units,
-            "free": store.free,
+            "names": list(store.names),
+            "units": list(store.units),
+            "free": list(store.free),
             "decisions": [
                 None if d is None else {
                     "metric": d.metric, "status": d.status, "last_score": d.last_score, "below": d.below,
@@ -79,9 +80,10 @@ def save(path: Path, pipeline) -> int:
         state_fn = getattr(pipeline.detector, "state_dict", None)
         if state_fn is not None:
             for key, value in state_fn(n).items():
-                arrays[f"detector_{key}"] = value
-        buffer = io.BytesIO()
-        np.savez(buffer, meta=np.frombuffer(json.dumps(meta, allow_nan=True).encode(), dtype=np.uint8), **arrays)
+                arrays[f"detector_{key}"] = np.array(value, copy=True)
+        meta_bytes = json.dumps(meta, allow_nan=True).encode()
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.frombuffer(meta_bytes, dtype=np.uint8), **arrays)
     data = buffer.getvalue()
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:

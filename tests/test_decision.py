@@ -134,7 +134,7 @@ def test_silence_summary_wording():
 
 @pytest.mark.parametrize(
     "value,text",
-    [(95.0, "95"), (21.456, "21.5"), (0.1234, "0.12"), (0.001234, "0.00123"), (1234.4, "1234"), (-0.0, "0"), (2.5, "2.5"),
+    [(95.0, "95"), (21.456, "21.5"), (0.1234, "0.12"), (0.001234, "0.00123"), (1234.4, "1234.4"), (12345.6, "12346"), (-0.0, "0"), (2.5, "2.5"),
      (10.04, "10")],
 )
 def test_fmt_number(value, text):
@@ -150,5 +150,5 @@ def test_fmt_duration(seconds, text):
 def test_fmt_value_units():
     assert fmt_value(21.5, "°C") == "21.5°C"
     assert fmt_value(40, "%") == "40%"
-    assert fmt_value(1013.2, "hPa") == "1013 hPa"
+    assert fmt_value(1013.2, "hPa") == "1013.2 hPa"
     assert fmt_value(3, None) == "3"

@@ -54,12 +54,6 @@ def test_sigterm_publishes_retained_offline_and_exits_0(broker, daemon_factory, 
     assert not any("Traceback" in e.get("line", "") for e in log)
 
 
-def test_sigint_stops_cleanly_too(broker, daemon_factory, probe_factory):
-    d, probe = start_node(daemon_factory, probe_factory, broker.port)
-    assert d.stop(signal.SIGINT) == 0
-    probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"offline")
-
-
 def test_kill_9_makes_the_broker_publish_the_lwt(broker, daemon_factory, probe_factory):
     d, probe = start_node(daemon_factory, probe_factory, broker.port)
     d.proc.kill()
@@ -70,8 +64,8 @@ def test_kill_9_makes_the_broker_publish_the_lwt(broker, daemon_factory, probe_f
 
 @pytest.mark.parametrize(
     "sig,wipe",
-    [(signal.SIGTERM, True), (signal.SIGKILL, True), (signal.SIGTERM, False), (signal.SIGKILL, False)],
-    ids=["sigterm-fresh-broker", "sigkill-fresh-broker", "sigterm-persistent", "sigkill-persistent"],
+    [(signal.SIGTERM, True), (signal.SIGKILL, True), (signal.SIGKILL, False)],
+    ids=["sigterm-fresh-broker", "sigkill-fresh-broker", "sigkill-persistent"],
 )
 def test_broker_restart_on_the_same_port(own_broker, daemon_factory, probe_factory, sig, wipe):
     d, probe = start_node(daemon_factory, probe_factory, own_broker.port)
