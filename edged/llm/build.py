@@ -1,0 +1,124 @@
+"""The build: one GGUF in, one model directory out.
+
+    decoder.onnx        LLaMA decoder with KV cache (see :mod:`graph`)
+    tokenizer.json      ``tokenizers`` byte-level BPE from the GGUF vocabulary
+    chat_template.json  the GGUF's chat template and its recognized format
+    model.json          hyper-parameters and special token ids the engine needs
+    manifest.json       sha256 of each of the above, the source file and its sha256, ...
+
+Needs numpy, onnx, gguf and tokenizers; runs in seconds; the same GGUF and options give
+byte-identical files.  Idempotent: a directory that verifies and was built from the same
+source with the same options is left alone.  The directory is written next to the target
+and renamed into place, so a failed build never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import chat, manifest
+from .gguf_model import GGUFModel
+
+BUILD_VERSION = 1  # bump whenever the files written for the same input change
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    accuracy_level: int = 0  # MatMulNBits accuracy_level of the 4-bit layers (0: fp32 activations)
+    head: str = "split4"  # output matrix: "split4" (exact, two 4-bit kernels) or "int8" (fast, approximate)
+    fuse: bool = True  # q/k/v and gate/up each as one MatMulNBits
+    attention: str = "gqa"  # "gqa": com.microsoft.GroupQueryAttention; "ops": plain ONNX ops
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return nullcontext(None)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a plain line per step instead
+        return nullcontext(None)
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=True)
+
+
+def is_current(out_dir: Path, source_sha256: str, options: BuildOptions) -> bool:
+    try:
+        doc = manifest.verify(out_dir)
+    except manifest.ManifestError:
+        return False
+    return (doc.get("source", {}).get("sha256") == source_sha256
+            and doc.get("build") == {"version": BUILD_VERSION, **asdict(options)})
+
+
+def build(gguf_path: str | Path, out_dir: str | Path, options: BuildOptions = BuildOptions(),
+          progress: bool = False, source_name: str | None = None) -> dict:
+    """Build (or keep) ``out_dir`` from ``gguf_path``; returns the manifest."""
+    from . import graph, tokenizer
+
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    size = gguf_path.stat().st_size
+    with _progress(progress, 2 * size, f"build {out_dir.name}") as bar:
+        step = bar.update if bar is not None else None
+        source_sha = manifest.sha256_file(gguf_path, step)
+        if is_current(out_dir, source_sha, options):
+            if bar is not None:
+                bar.update(size)
+            return manifest.read_manifest(out_dir)
+        model = GGUFModel(gguf_path)
+        cfg, vocab = model.config, model.vocab()
+        chat_format = chat.from_template(vocab.chat_template)
+
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.parent / f".{out_dir.name}.build-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            proto = graph.build_decoder(model, options.accuracy_level, options.head, options.fuse, options.attention)
+            data = proto.SerializeToString()
+            del proto
+            (tmp / "decoder.onnx").write_bytes(data)
+            if step:
+                step(size * 3 // 4)
+            tokenizer.save_tokenizer(vocab, tmp / "tokenizer.json")
+            (tmp / "chat_template.json").write_text(chat_format.to_json(), encoding="utf-8")
+            stop_ids = sorted({i for i in (vocab.eos_id,) if i is not None}
+                              | {vocab.tokens.index(s) for s in chat_format.stop if s in vocab.tokens})
+            model_info = {
+                "architecture": model.architecture,
+                "config": cfg.to_dict(),
+                "bos_token_id": vocab.bos_id,
+                "eos_token_ids": stop_ids,
+                "add_bos": vocab.add_bos,
+                "pad_token_id": vocab.pad_id,
+                "kv_dtype": "float32",
+            }
+            (tmp / "model.json").write_text(json.dumps(model_info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            doc = manifest.write_manifest(
+                tmp, ["decoder.onnx", "tokenizer.json", "chat_template.json", "model.json"],
+                name=out_dir.name,
+                source={"file": source_name or gguf_path.name, "sha256": source_sha, "bytes": size},
+                architecture=model.architecture,
+                quantization={"file_type": model.file_type, "tensors": _type_counts(model)},
+                build={"version": BUILD_VERSION, **asdict(options)},
+            )
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            if out_dir.exists():
+                out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if bar is not None:
+            bar.update(2 * size - bar.n)
+    return doc
+
+
+def _type_counts(model: GGUFModel) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in model.tensor_types().values():
+        counts[t] = counts.get(t, 0) + 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,219 @@
+"""Generation on onnxruntime + numpy + tokenizers.
+
+    engine = Engine("/var/lib/edged/models/smollm2-135m", threads=2,
+                    system_prompt="You answer questions about sensor readings.")
+    out = engine.chat("What is the pump temperature?", max_new_tokens=64, timeout_s=5,
+                      on_text=print)
+    out.text, out.finish_reason     # "eos" | "stop" | "length" | "deadline" | "context"
+
+* KV cache: the decoder returns the cache with the new positions; it is fed back each step.
+* Warm system prompt: the system turn is run once (at start-up or on ``set_system_prompt``)
+  and its cache reused by every request with that system prompt -- caches are immutable
+  arrays, so sharing needs no copy.
+* Greedy by default; ``temperature`` > 0 samples (``top_p``, ``seed`` for repeatability).
+* Stop sequences cut the text before them; EOS / end-of-turn tokens end generation.
+* A wall-clock deadline returns what has been generated so far, flagged ``deadline``.
+* ``on_text`` receives text deltas as they become final (held back while they could still
+  turn into a stop sequence or are an incomplete UTF-8 character).
+* One request at a time per engine (a lock); onnxruntime's threads: ``threads``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import manifest, sampling
+from .chat import ChatFormat
+from .tokenizer import load_tokenizer
+
+PREFILL_CHUNK = 64  # prompt tokens per decoder call (deadline checked between chunks)
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # eos | stop | length | deadline | context
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens served from the warm system-prompt cache
+    prompt_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def timed_out(self) -> bool:
+        return self.finish_reason == "deadline"
+
+
+@dataclass
+class _Cache:
+    ids: tuple[int, ...]
+    past: dict[str, np.ndarray] = field(repr=False)
+    logits: np.ndarray | None = field(default=None, repr=False)  # after the last id
+
+
+class Engine:
+    def __init__(self, model_dir: str | Path, threads: int = 2, verify: bool = True,
+                 system_prompt: str | None = None, spin: bool = True):
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        self.manifest = manifest.verify(self.model_dir) if verify else manifest.read_manifest(self.model_dir)
+        info = json.loads((self.model_dir / "model.json").read_text(encoding="utf-8"))
+        self.config = info["config"]
+        self.eos_ids = frozenset(info["eos_token_ids"])
+        self.tokenizer = load_tokenizer(self.model_dir / "tokenizer.json")
+        self.chat_format = ChatFormat.load(self.model_dir / "chat_template.json")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.model_dir / "decoder.onnx"), so,
+                                            providers=["CPUExecutionProvider"])
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        self._lock = threading.Lock()
+        n_kv, hd = self.config["n_head_kv"], self.config["head_dim"]
+        empty = np.zeros((1, n_kv, 0, hd), np.float32)
+        self._empty = _Cache((), {f"past_{k}_{i}": empty for i in range(self.config["n_layer"]) for k in ("key", "value")})
+        self._warm: _Cache | None = None
+        self._warm_system: str | None = None
+        self.set_system_prompt(system_prompt)
+
+    # --- prompts -------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def set_system_prompt(self, system: str | None) -> None:
+        """Run the system turn once and keep its KV cache for later requests."""
+        prefix = self.chat_format.system_prefix(system)
+        with self._lock:
+            self._warm_system = system
+            self._warm = self._extend(self._empty, self.encode(prefix), None) if prefix else self._empty
+
+    def chat(self, user: str | list[dict], system: str | None = ..., **kw) -> Generation:  # type: ignore[assignment]
+        """Answer one user message (or a message list) under ``system`` (default: the warm one)."""
+        if isinstance(user, str):
+            messages = [{"role": "user", "content": user}]
+        else:
+            messages = list(user)
+            if messages and messages[0]["role"] == "system":
+                system, messages = messages[0]["content"], messages[1:]
+        if system is ...:
+            system = self._warm_system
+        prefix = self.chat_format.system_prefix(system)
+        body = "".join(self.chat_format.turn(m["role"], m["content"]) for m in messages) + "<|im_start|>assistant\n"
+        if system == self._warm_system and self._warm is not None:
+            return self.generate(self.encode(body), cache=self._warm, **kw)
+        return self.generate(self.encode(prefix) + self.encode(body), **kw)
+
+    # --- generation ----------------------------------------------------------------------
+    def _run(self, cache: _Cache, ids: list[int]) -> _Cache:
+        feed = {"input_ids": np.asarray([ids], np.int64), "logits_index": np.asarray([len(ids) - 1], np.int64),
+                **cache.past}
+        out = self.session.run(self._outputs, feed)
+        past = {name.replace("present", "past", 1): v for name, v in zip(self._outputs[1:], out[1:])}
+        return _Cache(cache.ids + tuple(ids), past, out[0][0, -1])
+
+    def _extend(self, cache: _Cache, ids: list[int], deadline: float | None) -> _Cache | None:
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            cache = self._run(cache, ids[start:start + PREFILL_CHUNK])
+        return cache
+
+    def generate(self, prompt_ids: list[int], *, cache: _Cache | None = None, max_new_tokens: int = 256,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 stop: tuple[str, ...] | list[str] = (), timeout_s: float | None = None,
+                 deadline: float | None = None, on_text: Callable[[str], None] | None = None) -> Generation:
+        """Continue ``cache`` (default: empty) with ``prompt_ids`` and generate.
+
+        ``deadline`` is a ``time.monotonic()`` instant; ``timeout_s`` is relative to now.
+        """
+        t0 = time.monotonic()
+        if timeout_s is not None:
+            deadline = min(deadline if deadline is not None else float("inf"), t0 + timeout_s)
+        rng = np.random.default_rng(seed) if temperature > 0 else None
+        stops = tuple(s for s in stop if s)
+        base = cache or self._empty
+        n_ctx = self.config["n_ctx"]
+        with self._lock:
+            if not prompt_ids and base.logits is None:
+                raise ValueError("empty prompt")
+            if len(base.ids) + len(prompt_ids) >= n_ctx:
+                raise ValueError(f"prompt of {len(base.ids) + len(prompt_ids)} tokens exceeds the context ({n_ctx})")
+            cur = self._extend(base, list(prompt_ids), deadline) if prompt_ids else base
+            t1 = time.monotonic()
+            result = Generation("", [], "deadline", len(prompt_ids) + len(base.ids), len(base.ids), t1 - t0)
+            if cur is None:
+                return result
+            stream = _Stream(self.tokenizer, stops, on_text)
+            reason = "length"
+            while len(result.token_ids) < max_new_tokens:
+                if deadline is not None and time.monotonic() >= deadline:
+                    reason = "deadline"
+                    break
+                tok = sampling.choose(cur.logits, temperature, top_p, rng)
+                if tok in self.eos_ids:
+                    reason = "eos"
+                    break
+                result.token_ids.append(tok)
+                if stream.push(result.token_ids):
+                    reason = "stop"
+                    break
+                if len(cur.ids) >= n_ctx:
+                    reason = "context"
+                    break
+                if len(result.token_ids) < max_new_tokens:
+                    cur = self._run(cur, [tok])
+            result.text = stream.finish(result.token_ids, reason == "stop")
+            result.finish_reason = reason
+            result.decode_s = time.monotonic() - t1
+            return result
+
+
+class _Stream:
+    """Incremental detokenization with stop sequences and held-back partial text."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], on_text):
+        self.tok, self.stops, self.on_text = tokenizer, stops, on_text
+        self.sent = 0  # characters already handed to on_text
+        self.text = ""
+
+    def push(self, ids: list[int]) -> bool:
+        """Update with all generated ids; True when a stop sequence has appeared."""
+        self.text = self.tok.decode(ids, skip_special_tokens=True)
+        for s in self.stops:
+            if s in self.text[max(0, self.sent - len(s)):]:
+                self.text = self.text[: self.text.index(s, max(0, self.sent - len(s)))]
+                return True
+        safe = len(self.text)
+        if self.text.endswith("\ufffd"):  # an incomplete UTF-8 sequence so far
+            safe = len(self.text.rstrip("\ufffd"))
+        for s in self.stops:  # hold back a tail that could still become a stop sequence
+            for k in range(min(len(s) - 1, safe), 0, -1):
+                if self.text[safe - k: safe] == s[:k]:
+                    safe -= k
+                    break
+        self._emit(safe)
+        return False
+
+    def _emit(self, upto: int) -> None:
+        if upto > self.sent:
+            if self.on_text is not None:
+                self.on_text(self.text[self.sent: upto])
+            self.sent = upto
+
+    def finish(self, ids: list[int], stopped: bool) -> str:
+        if not stopped:
+            self.text = self.tok.decode(ids, skip_special_tokens=True)
+        self._emit(len(self.text))
+        return self.text

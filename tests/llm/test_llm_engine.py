@@ -1,0 +1,107 @@
+"""Generation engine on a tiny built model: determinism, stops, deadline, streaming, warm cache."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from edged.llm import manifest
+from edged.llm.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    e = Engine(tiny_model_dir, threads=1, system_prompt="Be brief.")
+    e.eos_ids = frozenset()  # random weights: never end early, so lengths are predictable
+    return e
+
+
+def test_greedy_is_deterministic(engine):
+    a = engine.chat("hello there", max_new_tokens=20)
+    b = engine.chat("hello there", max_new_tokens=20)
+    assert a.token_ids == b.token_ids and a.text == b.text
+    assert a.finish_reason == "length" and len(a.token_ids) == 20
+
+
+def test_max_new_tokens(engine):
+    assert len(engine.chat("hi", max_new_tokens=3).token_ids) == 3
+    assert engine.chat("hi", max_new_tokens=0).token_ids == []
+
+
+def test_seeded_sampling_repeats(engine):
+    kw = dict(max_new_tokens=16, temperature=1.0, top_p=0.9)
+    a = engine.chat("the sea", seed=7, **kw)
+    assert engine.chat("the sea", seed=7, **kw).token_ids == a.token_ids
+    others = {tuple(engine.chat("the sea", seed=s, **kw).token_ids) for s in range(8, 12)}
+    assert len(others | {tuple(a.token_ids)}) > 1
+
+
+def test_stop_sequence_cuts_text_and_streams_the_rest(engine):
+    full = engine.chat("the other", max_new_tokens=40).text
+    assert len(full) > 12
+    stop = full[8:11]
+    first = full.index(stop)
+    pieces: list[str] = []
+    out = engine.chat("the other", max_new_tokens=40, stop=[stop], on_text=pieces.append)
+    assert out.finish_reason == "stop"
+    assert out.text == full[:first]
+    assert "".join(pieces) == out.text  # nothing of the stop sequence was streamed
+
+
+def test_streaming_concatenates_to_text(engine):
+    pieces: list[str] = []
+    out = engine.chat("in the", max_new_tokens=25, on_text=pieces.append)
+    assert "".join(pieces) == out.text
+    assert len(pieces) > 1
+
+
+def test_deadline_returns_what_it_has(engine):
+    out = engine.chat("hello", max_new_tokens=50, timeout_s=0)
+    assert out.finish_reason == "deadline" and out.timed_out and out.token_ids == []
+
+    def slow(_):
+        time.sleep(0.05)
+
+    t = time.monotonic()
+    out = engine.chat("hello", max_new_tokens=500, timeout_s=0.4, on_text=slow)
+    assert out.timed_out and 0 < len(out.token_ids) < 500
+    assert time.monotonic() - t < 1.5
+    assert out.text == engine.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+
+
+def test_warm_system_prompt_is_reused_and_equivalent(engine):
+    warm = engine.chat("what is the water level?", max_new_tokens=12)
+    assert warm.cached_tokens > 0
+    prompt = engine.chat_format.render([{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "what is the water level?"}])
+    cold = engine.generate(engine.encode(prompt), max_new_tokens=12)
+    assert cold.cached_tokens == 0 and cold.prompt_tokens == warm.prompt_tokens
+    assert cold.token_ids == warm.token_ids
+    other = engine.chat("what is the water level?", system="Be verbose.", max_new_tokens=12)
+    assert other.cached_tokens == 0
+
+
+def test_tampered_model_is_refused(tiny_model_dir, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    (d / "model.json").write_text((d / "model.json").read_text().replace('"n_layer": 2', '"n_layer": 3'))
+    with pytest.raises(manifest.ManifestError):
+        Engine(d)
+
+
+def test_sampling_top_p_keeps_the_nucleus():
+    from edged.llm.sampling import choose
+
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    rng = np.random.default_rng(0)
+    picks = {choose(logits, 1.0, 0.7, rng) for _ in range(200)}
+    assert picks == {0, 1}
+    assert choose(logits, 0.0, 0.1, None) == 0
+
+
+def test_prompt_longer_than_the_context_is_refused(engine):
+    with pytest.raises(ValueError, match="context"):
+        engine.generate([5] * (engine.config["n_ctx"] + 1), max_new_tokens=1)

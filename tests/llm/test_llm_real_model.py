@@ -1,0 +1,46 @@
+"""End to end on the real SmolLM2-135M GGUF; skipped when the file is absent (see conftest)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edged.llm import manifest
+from edged.llm.build import build
+from edged.llm.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def real_model_dir(real_gguf, tmp_path_factory):
+    out = tmp_path_factory.mktemp("real") / "smollm2-135m"
+    build(real_gguf, out)
+    return out
+
+
+def test_build_manifest_names_the_source(real_model_dir, real_gguf):
+    doc = manifest.verify(real_model_dir)
+    assert doc["source"]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert doc["quantization"]["tensors"] == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
+    assert doc["architecture"] == "llama"
+
+
+def test_greedy_answer_is_deterministic_and_sensible(real_model_dir):
+    eng = Engine(real_model_dir, threads=2)
+    a = eng.chat("What is the capital of France?", max_new_tokens=24)
+    b = eng.chat("What is the capital of France?", max_new_tokens=24)
+    assert a.token_ids == b.token_ids
+    assert "Paris" in a.text
+    assert a.finish_reason in ("eos", "length")
+
+
+def test_decoder_matches_fp32_reference_on_the_real_model(real_model_dir, real_gguf):
+    from edged.llm.gguf_model import GGUFModel
+    from edged.llm.reference import ReferenceLlama
+
+    eng = Engine(real_model_dir, threads=2, verify=False)
+    ids = eng.encode(eng.chat_format.render([{"role": "user", "content": "Name three primary colours."}]))[:24]
+    got = eng.session.run(["logits"], {"input_ids": np.asarray([ids]), "logits_index": np.arange(len(ids)),
+                                       **eng._empty.past})[0][0]
+    want = ReferenceLlama(GGUFModel(real_gguf)).logits(ids)
+    assert np.abs(got - want).max() < 2e-3 * np.abs(want).max()
+    assert (got.argmax(-1) == want.argmax(-1)).all()

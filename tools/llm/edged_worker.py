@@ -1,0 +1,43 @@
+"""edged side of the benchmark, in a fresh process (load time and peak RSS are per process).
+
+    python edged_worker.py MODEL_DIR IN.json OUT.json --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir")
+    ap.add_argument("inp")
+    ap.add_argument("out")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--verify", action="store_true", help="include the sha256 check in the load time")
+    a = ap.parse_args()
+    job = json.load(open(a.inp))
+    t = time.perf_counter()
+    from edged.llm.engine import Engine
+
+    eng = Engine(a.model_dir, threads=a.threads, verify=a.verify)
+    eng.generate([job["prompt"][0]], max_new_tokens=0)  # first run allocates: part of loading
+    load_s = time.perf_counter() - t
+    eng.eos_ids = frozenset()  # always decode n_new tokens
+    out = eng.generate(job["prompt"], max_new_tokens=job["n_new"] + 1)
+    # decode_s covers n_new decoder steps (the last token needs no step)
+    res = {"load_s": load_s, "prompt_tps": len(job["prompt"]) / out.prompt_s,
+           "decode_tps": job["n_new"] / out.decode_s,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    json.dump(res, open(a.out, "w"))
+
+
+if __name__ == "__main__":
+    main()
