@@ -7,6 +7,7 @@ an invalid file is reported and the running config kept.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ from .logs import get_logger
 from .messages import RawMessage, Topics
 from .mqtt import MqttLink
 from .pipeline import SensorPipeline
+from .phrasing import Phraser
 from .publisher import Publisher, Spool
 from .sdnotify import Notifier
 from .stats import Stats
@@ -55,6 +57,7 @@ class Daemon:
         self.registry = ActionRegistry()
         register_core_actions(self.registry, self.pipeline, self.mqtt.connected.is_set, self.request_reload)
         self.facts = Facts(self.pipeline)
+        self.phraser = self._make_phraser(settings)
         self._make_asker(settings)
         secret = settings.mqtt.request_secret
         auth = RequestAuth(secret.get_secret_value() if secret else None, settings.mqtt.request_window_s)
@@ -64,9 +67,34 @@ class Daemon:
         self.notifier = Notifier()
         self._reported_stall = False
 
+    def _make_phraser(self, settings: Settings) -> Phraser | None:
+        if not settings.llm.enabled:
+            return None
+        models_dir = Path(settings.models.dir or Path(settings.node.state_dir) / "models")
+        phraser = Phraser(models_dir / settings.llm.model, settings.llm.threads, self.stats,
+                          max_new_tokens=settings.llm.max_new_tokens, load_now=settings.llm.load == "start")
+        if settings.llm.phrase_summaries:
+            self.pipeline.on_episode_start = self._phrase_summary
+        return phraser
+
+    def _phrase_summary(self, event: dict) -> None:
+        """Runs on the sensor lane: only queues; the `start` event has already gone out."""
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            payload = {"id": event["id"], "event": "summary", "kind": event["kind"], "metric": event["metric"],
+                       "ts": event["ts"], "summary": text, "template": event["summary"], "model": self.settings.llm.model}
+            self.publisher(self.topics.anomaly(event["metric"]), json.dumps(payload), qos=self.settings.mqtt.qos)
+            self.stats.incr("events_summary")
+
+        facts = {k: event[k] for k in ("metric", "value", "peak", "baseline", "unit", "direction", "duration_s", "start")}
+        self.phraser.submit_summary(event["summary"], facts, done, timeout_s=self.settings.llm.summary_timeout_s)
+
     def _make_asker(self, settings: Settings) -> None:
         self.cloud = make_cloud(settings.cloud)
-        self.registry.register("ask", Asker(self.facts, self.cloud, settings.cloud, self.stats, settings.llm.answer_deadline_s))
+        phraser = self.phraser if settings.llm.enabled and settings.llm.phrase_answers else None
+        self.registry.register("ask", Asker(self.facts, self.cloud, settings.cloud, self.stats,
+                                            settings.llm.answer_deadline_s, phraser=phraser, model_name=settings.llm.model))
 
     def _extra_stats(self) -> dict:
         extra = {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
@@ -177,6 +205,8 @@ class Daemon:
         self.commands.stop()
         for t in lanes:
             t.join(timeout=10)
+        if self.phraser is not None:
+            self.phraser.stop()
         self.save_snapshot()
         self.pipeline.publish_stats()
         self.mqtt.stop()

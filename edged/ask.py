@@ -49,7 +49,9 @@ def policy_from(settings: CloudSettings) -> CloudPolicy:
 
 class Asker:
     def __init__(self, facts: Facts, cloud: CloudClient | None, cloud_settings: CloudSettings, stats: Stats,
-                 default_deadline_s: float) -> None:
+                 default_deadline_s: float, phraser=None, model_name: str = "") -> None:
+        self.phraser = phraser
+        self.model_name = model_name
         self.facts = facts
         self.cloud = cloud
         self.cloud_settings = cloud_settings
@@ -79,6 +81,11 @@ class Asker:
         if plan.route == "local":
             text, facts = local_answer(plan, self.facts)
             source, reason = "local", plan.route_reason
+            if self.phraser is not None and plan.intent not in ("help", "list"):
+                # The model's wording, under the guard, only if it comes in time; else the template.
+                phrased = self.phraser.phrase_answer(text, facts, t0 + remaining - 0.2)
+                if phrased:
+                    text, model = phrased, self.model_name
         else:
             text, facts, source, reason, model = self._cloud(plan, question, remaining - 0.1)
         self.stats.incr(f"route_{source.replace('-', '_')}")

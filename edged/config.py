@@ -159,6 +159,13 @@ class ModelsSettings(Section):
 class LlmSettings(Section):
     enabled: bool = True
     answer_deadline_s: float = Field(10.0, ge=0.1, le=120, description="an `ask` reply never comes later")
+    model: str = "smollm2-135m"
+    load: Literal["start", "first_use"] = "first_use"
+    threads: int = Field(2, ge=1, le=64)
+    max_new_tokens: int = Field(64, ge=8, le=1024)
+    phrase_answers: bool = True
+    phrase_summaries: bool = True
+    summary_timeout_s: float = Field(10.0, gt=0, le=300)
 
 
 class CloudSettings(Section):

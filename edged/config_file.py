@@ -92,8 +92,15 @@ spool_max_messages = 10000   # events/replies held on disk while the broker is a
 dir = ""                     # empty: <node.state_dir>/models; where `edged models pull` writes
 
 [llm]
-enabled = true
+enabled = true               # false: answers and summaries from templates only
 answer_deadline_s = 10       # an `ask` reply never comes later (a request may ask for less)
+model = "smollm2-135m"       # under [models] dir; install with: edged models pull smollm2-135m
+load = "first_use"           # or "start"
+threads = 2
+max_new_tokens = 64
+phrase_answers = true        # local answers reworded by the model (guarded; template otherwise)
+phrase_summaries = true      # anomaly "summary" events follow "start" with the model's wording
+summary_timeout_s = 10
 
 [cloud]
 enabled = false

@@ -125,6 +125,7 @@ class SensorPipeline:
         self.last_progress = time.monotonic()
         self.stats_extra: Callable[[], dict] = lambda: {}
         self.is_connected: Callable[[], bool] = lambda: True
+        self.on_episode_start: Callable[[dict], None] | None = None  # e.g. the LM's better wording
         self.apply_settings(settings)
 
     # ------------------------------------------------------------------ configuration
@@ -391,6 +392,8 @@ class SensorPipeline:
                          qos=self.settings.mqtt.qos, retain=False)
             self.recent_events.append(payload)
             self.snapshot_due.set()  # episode boundaries are snapshotted promptly
+            if ev.event == "start" and self.on_episode_start is not None:
+                self.on_episode_start(payload)
             self.stats.incr(f"events_{ev.event}")
             log.info("anomaly", phase=ev.event, kind=ev.episode.kind, metric=ev.episode.metric,
                      id=ev.episode.id, summary=ev.summary)

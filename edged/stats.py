@@ -29,12 +29,26 @@ class Latency:
         return {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}
 
 
+class Rate:
+    """Recent samples of a rate (tokens/s) → median."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self.samples: deque[float] = deque(maxlen=keep)
+
+    def add(self, value: float) -> None:
+        self.samples.append(value)
+
+    def summary(self) -> float | None:
+        return round(float(np.median(np.fromiter(self.samples, dtype=float))), 1) if self.samples else None
+
+
 class Stats:
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.ingest_latency = Latency()  # message received → state published
         self.detector_latency = Latency()  # one detector call
+        self.llm_tokens_per_s = Rate()
         self._lock = threading.Lock()
 
     def incr(self, name: str, n: int = 1) -> None:
@@ -55,6 +69,7 @@ class Stats:
             "rejected_total": sum(rejected.values()),
             "ingest_latency": self.ingest_latency.summary(),
             "detector_latency": self.detector_latency.summary(),
+            "llm_tokens_per_s": self.llm_tokens_per_s.summary(),
         }
 
 

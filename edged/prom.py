@@ -1,0 +1,332 @@
+"""Prometheus exposition of the numbers behind the stats topic (optional, off by default).
+
+No second set of counters: :class:`StatsCollector` calls ``stats_fn`` — the same function
+that builds the retained ``<base>/<node>/stats`` payload (``SensorPipeline.stats_payload``:
+pipeline gauges + ``Stats.snapshot()`` + the daemon's extras) — at scrape time and turns the
+dict into metric families. The families live in a private :class:`CollectorRegistry`, never
+the process-wide default one.
+
+Mapping (``edged_`` prefix; counters get ``_total``):
+
+==============================================  =============================================
+stats payload key                               metric
+==============================================  =============================================
+``readings``, ``dropped``, ``scored``, ...      ``edged_<key>_total`` (any counter of Stats)
+``rejected`` ``{reason: n}``                    ``edged_rejected_total{reason}``
+``events_start|end|summary``                    ``edged_events_total{event}``
+``route_<route>``                               ``edged_requests_by_route_total{route}``
+``cloud_failed_<reason>``                       ``edged_ask_cloud_fallbacks_total{reason}``
+``cloud_tokens``                                ``edged_ask_cloud_tokens_total``
+``llm_guard_rejections``                        ``edged_llm_guard_rejections_total``
+``llm_tokens``, ``llm_generations``             ``edged_llm_tokens_total``, ``edged_llm_generations_total``
+``llm_tokens_per_s``                            ``edged_llm_tokens_per_second``
+``queue_depth``, ``commands_queue_depth``,      ``edged_queue_depth{lane="sensor|command"}``,
+``spool_depth``, ``open_episodes``, ``metrics``  ``edged_spool_depth``, ``edged_open_episodes``,
+                                                ``edged_metrics``
+``status`` ``{status: n}``                      ``edged_metrics_by_status{status}``
+``uptime_s``, ``memory_state_bytes``            ``edged_uptime_seconds``, ``edged_state_memory_bytes``
+``connected``, ``connects``                     ``edged_mqtt_connected``, ``edged_mqtt_connects_total``
+``detector`` (a name)                           ``edged_info{detector, version}`` = 1
+``<x>_latency`` ``{p50_ms, p99_ms}``            ``edged_<x>_latency_quantile_seconds{quantile}``
+``<x>_latency`` with ``buckets_ms``/``count``/  ``edged_<x>_latency_seconds`` histogram
+``sum_ms`` (cumulative)
+``cloud`` ``{tokens_in, tokens_out, failures,``  ``edged_cloud_tokens_total{direction}``,
+``requests, calls, ok, retries, breaker, ...}``  ``edged_cloud_errors_total{reason}``, ...
+==============================================  =============================================
+
+Unknown top-level numbers are Stats counters (the open set; the gauges are the fixed ones
+above) and are exported as ``edged_<name>_total``, so a new counter needs no change here;
+unknown keys ending in ``_per_s``, ``_depth``, ``_bytes`` or ``_ratio`` are gauges.
+``None`` (a latency or rate with no samples yet) exports nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+
+PREFIX = "edged"
+StatsFn = Callable[[], dict]
+
+# Top-level gauges of the stats payload: key -> (metric name, help, scale).
+GAUGES: dict[str, tuple[str, str, float]] = {
+    "uptime_s": ("uptime_seconds", "seconds since the daemon started", 1.0),
+    "metrics": ("metrics", "metrics known (live)", 1.0),
+    "open_episodes": ("open_episodes", "anomaly episodes open now (value and silence)", 1.0),
+    "memory_state_bytes": ("state_memory_bytes", "bytes held by the per-metric windows", 1.0),
+    "spool_depth": ("spool_depth", "messages waiting in the offline spool", 1.0),
+    "connected": ("mqtt_connected", "1 while connected to the broker", 1.0),
+    "llm_tokens_per_s": ("llm_tokens_per_second", "local LM decode speed, median of recent generations", 1.0),
+}
+QUEUE_KEYS = {"queue_depth": "sensor", "commands_queue_depth": "command"}
+# Top-level counters with a name of their own (others: edged_<key>_total).
+COUNTER_NAMES: dict[str, tuple[str, str]] = {
+    "readings": ("readings", "readings accepted (after decoding, before de-duplication)"),
+    "dropped": ("dropped", "inbound messages dropped because the sensor queue was full"),
+    "connects": ("mqtt_connects", "successful broker connections"),
+    "cloud_tokens": ("ask_cloud_tokens", "tokens (in + out) of cloud answers to ask requests"),
+    "llm_guard_rejections": ("llm_guard_rejections", "LM phrasings refused by the faithfulness guard"),
+    "llm_tokens": ("llm_tokens", "tokens generated by the local LM"),
+    "llm_generations": ("llm_generations", "local LM generations"),
+}
+SKIP = {"ts", "rejected_total", "detector", "status", "rejected", "cloud"}
+LABELLED_PREFIXES: tuple[tuple[str, str, str, str], ...] = (
+    # key prefix, metric, label, help
+    ("events_", "events", "event", "anomaly events published, by event"),
+    ("route_", "requests_by_route", "route", "ask requests answered, by route"),
+    ("cloud_failed_", "ask_cloud_fallbacks", "reason", "ask requests that fell back from the cloud, by reason"),
+)
+LABELLED_EXCEPTIONS = {"events_muted"}  # a counter of its own: events suppressed by mute
+_NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
+# Unknown top-level keys are Stats counters, except these (levels, not totals).
+GAUGE_SUFFIXES = ("_per_s", "_depth", "_bytes", "_ratio")
+
+
+def _gauge_name(key: str) -> str:
+    return _name(key[: -len("_per_s")] + "_per_second") if key.endswith("_per_s") else _name(key)
+
+
+def _name(*parts: str) -> str:
+    name = "_".join(p for p in parts if p)
+    name = _NAME_BAD.sub("_", name)
+    return name if not name[:1].isdigit() else f"_{name}"
+
+
+def _num(value: Any) -> float | None:
+    """A finite-or-not number (bools as 0/1); None for anything else."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class StatsCollector(Collector):
+    """Reads ``stats_fn()`` at every scrape; nothing is counted twice."""
+
+    def __init__(self, stats_fn: StatsFn, prefix: str = PREFIX, version: str = __version__) -> None:
+        self.stats_fn = stats_fn
+        self.prefix = prefix
+        self.version = version
+
+    def n(self, *parts: str) -> str:
+        return _name(self.prefix, *parts)
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families depend on the payload; no registration-time scrape
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(self.n("stats_up"), "1 when the stats payload could be read at this scrape")
+        try:
+            payload = self.stats_fn()
+            if not isinstance(payload, dict):
+                raise TypeError(f"stats_fn returned {type(payload).__name__}, not a dict")
+        except Exception:  # a scrape must answer even when the daemon's stats are broken
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        yield from self._families(payload)
+
+    # ------------------------------------------------------------------ mapping
+    def _families(self, p: dict) -> Iterator[Metric]:
+        info = GaugeMetricFamily(self.n("info"), "edged version and detector", labels=["version", "detector"])
+        info.add_metric([self.version, str(p.get("detector", ""))], 1.0)
+        yield info
+
+        for key, (name, help_, scale) in GAUGES.items():
+            v = _num(p.get(key))
+            if v is not None:
+                yield GaugeMetricFamily(self.n(name), help_, value=v * scale)
+
+        queues = [(lane, _num(p.get(key))) for key, lane in QUEUE_KEYS.items()]
+        if any(v is not None for _, v in queues):
+            g = GaugeMetricFamily(self.n("queue_depth"), "messages waiting in a lane's inbound queue", labels=["lane"])
+            for lane, v in queues:
+                if v is not None:
+                    g.add_metric([lane], v)
+            yield g
+
+        if isinstance(p.get("status"), dict):
+            g = GaugeMetricFamily(self.n("metrics_by_status"), "metrics by status", labels=["status"])
+            for status, count in sorted(p["status"].items()):
+                if _num(count) is not None:
+                    g.add_metric([str(status)], _num(count))
+            yield g
+
+        rejected = p.get("rejected")
+        if isinstance(rejected, dict):
+            c = CounterMetricFamily(self.n("rejected"), "inbound payloads rejected, by reason", labels=["reason"])
+            for reason, count in sorted(rejected.items()):
+                if _num(count) is not None:
+                    c.add_metric([str(reason)], _num(count))
+            yield c
+
+        yield from self._counters(p)
+        for key, value in p.items():
+            if key.endswith("_latency") and isinstance(value, dict):
+                yield from self._latency(key, value)
+        if isinstance(p.get("cloud"), dict):
+            yield from self._cloud(p["cloud"])
+
+    def _counters(self, p: dict) -> Iterator[Metric]:
+        labelled: dict[str, CounterMetricFamily] = {}
+        named: dict[str, list] = {}  # name -> [help, value]
+        gauges: list[Metric] = []
+        for key, value in sorted(p.items()):
+            v = _num(value)
+            if v is None or isinstance(value, bool) or key in SKIP or key in GAUGES or key in QUEUE_KEYS:
+                continue
+            if key.endswith("_latency"):
+                continue
+            for prefix, metric, label, help_ in LABELLED_PREFIXES:
+                if key.startswith(prefix) and key not in LABELLED_EXCEPTIONS:
+                    fam = labelled.get(metric)
+                    if fam is None:
+                        fam = labelled[metric] = CounterMetricFamily(self.n(metric), help_, labels=[label])
+                    fam.add_metric([key[len(prefix):]], v)
+                    break
+            else:
+                if key not in COUNTER_NAMES and key.endswith(GAUGE_SUFFIXES):
+                    gauges.append(GaugeMetricFamily(self.n(_gauge_name(key)), f"stats value {key!r}", value=v))
+                    continue
+                name, help_ = COUNTER_NAMES.get(key, (_name(key), f"stats counter {key!r}"))
+                entry = named.setdefault(name, [help_, 0.0])
+                entry[1] += v  # two aliases of one counter add up
+        yield from labelled.values()
+        for name, (help_, v) in named.items():
+            yield CounterMetricFamily(self.n(name), help_, value=v)
+        yield from gauges
+
+    def _latency(self, key: str, d: dict) -> Iterator[Metric]:
+        base = key[: -len("_latency")]
+        q = GaugeMetricFamily(self.n(base, "latency_quantile_seconds"),
+                              f"{base} latency over recent samples, by quantile", labels=["quantile"])
+        for field, quantile in (("p50_ms", "0.5"), ("p90_ms", "0.9"), ("p99_ms", "0.99")):
+            v = _num(d.get(field))
+            if v is not None:
+                q.add_metric([quantile], v / 1000.0)
+        yield q
+        buckets = d.get("buckets_ms")
+        count, total = _num(d.get("count")), _num(d.get("sum_ms"))
+        if isinstance(buckets, dict) and count is not None and total is not None:
+            pairs: list[tuple[float, float]] = []
+            for bound, n in buckets.items():
+                v = _num(n)
+                if v is None:
+                    continue
+                le = float("inf") if str(bound) in ("+Inf", "inf", "Inf") else float(bound) / 1000.0
+                pairs.append((le, v))
+            pairs.sort()
+            if not pairs or pairs[-1][0] != float("inf"):
+                pairs.append((float("inf"), count))
+            h = HistogramMetricFamily(self.n(base, "latency_seconds"), f"{base} latency (cumulative buckets)")
+            h.add_metric([], [(_le(le), v) for le, v in pairs], sum_value=total / 1000.0)
+            yield h
+
+    def _cloud(self, c: dict) -> Iterator[Metric]:
+        tokens = CounterMetricFamily(self.n("cloud_tokens"), "cloud model tokens, by direction", labels=["direction"])
+        for direction in ("in", "out"):
+            v = _num(c.get(f"tokens_{direction}"))
+            if v is not None:
+                tokens.add_metric([direction], v)
+        yield tokens
+        if isinstance(c.get("failures"), dict):
+            errors = CounterMetricFamily(self.n("cloud_errors"), "failed cloud calls, by reason", labels=["reason"])
+            for reason, n in sorted(c["failures"].items()):
+                if _num(n) is not None:
+                    errors.add_metric([str(reason)], _num(n))
+            yield errors
+        for key, help_ in (("requests", "cloud requests (HTTP attempts)"), ("calls", "cloud completions asked for"),
+                           ("ok", "cloud completions that answered"), ("retries", "cloud retries"),
+                           ("breaker_opened", "times the cloud circuit breaker opened")):
+            v = _num(c.get(key))
+            if v is not None and not isinstance(c.get(key), bool):
+                yield CounterMetricFamily(self.n("cloud", key), help_, value=v)
+        for key, name, help_ in (("enabled", "cloud_enabled", "1 when the cloud model is enabled"),
+                                 ("configured", "cloud_configured", "1 when the cloud model has an endpoint and key")):
+            v = _num(c.get(key))
+            if v is not None:
+                yield GaugeMetricFamily(self.n(name), help_, value=v)
+        if isinstance(c.get("breaker"), str):
+            yield GaugeMetricFamily(self.n("cloud_breaker_open"), "1 while the cloud circuit breaker is open",
+                                    value=1.0 if c["breaker"] == "open" else 0.0)
+        v = _num(c.get("last_latency_ms"))
+        if v is not None:
+            yield GaugeMetricFamily(self.n("cloud_last_latency_seconds"), "latency of the last cloud call", value=v / 1000.0)
+
+
+def _le(bound: float) -> str:
+    if bound == float("inf"):
+        return "+Inf"
+    return repr(float(bound))
+
+
+def make_registry(stats_fn: StatsFn, version: str = __version__) -> CollectorRegistry:
+    """A private registry holding only edged's collector (no process/platform collectors)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats_fn, version=version))
+    return registry
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # no stderr line per scrape
+        pass
+
+
+class MetricsServer:
+    """The HTTP endpoint (``/metrics``, any path answers) in a daemon thread."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        family = _family(host)
+
+        class Server(_ThreadingWSGIServer):
+            address_family = family
+
+        self.registry = registry
+        self.httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+        self.host = host
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="prometheus", daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    try:
+        infos = socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror:
+        return socket.AF_INET
+    return infos[0][0] if infos else socket.AF_INET
+
+
+def start_server(host: str, port: int, stats_fn: StatsFn, version: str = __version__) -> MetricsServer:
+    """Serve ``stats_fn``'s numbers on ``http://host:port/metrics``; port 0 picks a free one.
+
+    Raises OSError when the address cannot be bound (the daemon logs it and runs on)."""
+    return MetricsServer(host, port, make_registry(stats_fn, version))
