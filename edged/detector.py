@@ -14,6 +14,18 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 
+def _row_median(x: np.ndarray) -> np.ndarray:
+    """Median of each row ignoring NaN. Full rows (the normal case) take np.median; numpy's
+    nanmedian goes through masked arrays for short rows and costs ~10x more."""
+    full = ~np.isnan(x).any(axis=1)
+    if full.all():
+        return np.median(x, axis=1)
+    out = np.empty(len(x))
+    out[full] = np.median(x[full], axis=1)
+    out[~full] = np.nanmedian(x[~full], axis=1)
+    return out
+
+
 @runtime_checkable
 class Detector(Protocol):
     name: str
@@ -49,8 +61,8 @@ class RobustZScoreDetector:
             return scores
         ctx = context[ready]
         with np.errstate(all="ignore"):
-            med = np.nanmedian(ctx, axis=1)
-            mad = np.nanmedian(np.abs(ctx - med[:, None]), axis=1)
+            med = _row_median(ctx)
+            mad = _row_median(np.abs(ctx - med[:, None]))
             spread = np.nanmax(ctx, axis=1) - np.nanmin(ctx, axis=1)
             scale = np.maximum.reduce([1.4826 * mad, 0.05 * spread, 1e-4 * np.abs(med), np.full_like(med, 1e-9)])
             z = np.abs(current[ready] - med) / scale

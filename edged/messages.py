@@ -379,7 +379,8 @@ def decode_payload(
         if value is None:
             return Rejection("no_value", f"payload {text[:40]!r} is not a number, boolean or JSON")
         return [Reading(metric, value, now, False)]
-    depth = _json_depth(obj)
+    # Depth cannot exceed the number of opening brackets: flat readings skip the walk.
+    depth = _json_depth(obj) if text.count("{") + text.count("[") > limits.max_json_depth else 0
     if depth > limits.max_json_depth:
         return Rejection("too_deep", f"JSON nesting depth {depth} > limit {limits.max_json_depth}")
     if isinstance(obj, dict):
