@@ -21,6 +21,7 @@ from .auth import RequestAuth
 from .commands import ActionRegistry, CommandLane
 from .config import ConfigError, Settings
 from .detector import make_detector
+from .discovery import Discovery
 from .facts import Facts
 from .logs import get_logger
 from .messages import RawMessage, Topics
@@ -33,6 +34,7 @@ from .stats import Stats
 
 # A lane that has not moved for this long is stalled: the watchdog pings stop.
 LANE_DEADLINE_S = 30.0
+COMMAND_DEADLINE_S = 150.0  # one request may legitimately take its whole deadline (at most 120 s)
 MIN_SNAPSHOT_GAP_S = 2.0
 
 log = get_logger("edged.app")
@@ -54,6 +56,12 @@ class Daemon:
         self.pipeline = SensorPipeline(settings, self.topics, detector, self.publisher, self.stats)
         self.pipeline.is_connected = self.mqtt.connected.is_set
         self.pipeline.stats_extra = self._extra_stats
+        ha = settings.homeassistant
+        self.discovery = Discovery(self.publisher, self.topics, ha.prefix, enabled=ha.discovery)
+        self.pipeline.on_new_metric = self.discovery.on_new_metric
+        self.pipeline.on_reannounce = self.discovery.on_connect
+        self.pipeline.on_forget = self.discovery.on_forget
+        self.prom_server = None
         self.registry = ActionRegistry()
         register_core_actions(self.registry, self.pipeline, self.mqtt.connected.is_set, self.request_reload)
         self.facts = Facts(self.pipeline)
@@ -107,6 +115,9 @@ class Daemon:
     def _on_message(self, msg: RawMessage) -> None:
         if msg.topic.startswith(self.topics.request_prefix):
             self.commands.offer(msg)
+        elif self.discovery.enabled and msg.topic == self.discovery.ha_status_topic:
+            if not msg.retain:  # a retained "online" arrives on every connect, which re-announces anyway
+                self.discovery.on_ha_online(msg.payload)
         else:
             self.pipeline.offer(msg)
 
@@ -117,6 +128,8 @@ class Daemon:
         qos = self.settings.mqtt.qos
         wanted = {f: qos for f in self.settings.sensors.topics}
         wanted[self.topics.request_filter] = 1
+        if self.discovery.enabled:
+            wanted[self.discovery.ha_status_topic] = 1
         return wanted
 
     # ------------------------------------------------------------------ lifecycle
@@ -134,8 +147,21 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload_rejected", error=str(exc), hint="the running configuration is kept")
             return
-        restart_needed = [s for s in ("mqtt", "node") if getattr(new, s) != getattr(self.settings, s)]
-        if new.cloud != self.settings.cloud or new.llm != self.settings.llm:
+        restart_needed = [s for s in ("mqtt",) if getattr(new, s) != getattr(self.settings, s)]
+        if new.node.id != self.settings.node.id or new.node.state_dir != self.settings.node.state_dir:
+            restart_needed.append("node")
+        restart_needed += [s for s in ("homeassistant", "metrics") if getattr(new, s) != getattr(self.settings, s)]
+        old = self.settings
+        llm_changed = new.llm != old.llm or new.models != old.models
+        self.settings = new  # the summary callback reads the current settings
+        if llm_changed:
+            if self.phraser is not None:
+                self.phraser.stop()
+            self.pipeline.on_episode_start = None
+            self.phraser = self._make_phraser(new)
+        if llm_changed or new.cloud != old.cloud:  # budgets and the breaker start afresh only then
+            if self.cloud is not None:
+                self.cloud.close()
             self._make_asker(new)
         self.settings = new
         self.pipeline.apply_settings(new)
@@ -172,6 +198,7 @@ class Daemon:
         ort_version = runtime.configure(self.settings.runtime)
         log.info("started", version=__version__, onnxruntime=ort_version, node=self.topics.node, detector=self.pipeline.detector.name,
                  topics=self.settings.sensors.topics)
+        self.start_metrics_server()
         # Ready once the config is valid and the models are loaded; not waiting for the broker
         # (a Pi that boots before its broker must not be restarted in a loop).
         self.notifier.ready(self.health_line())
@@ -210,18 +237,40 @@ class Daemon:
         self.save_snapshot()
         self.pipeline.publish_stats()
         self.mqtt.stop()
+        if self.prom_server is not None:
+            self.prom_server.close()
         if self.publisher.spool is not None:
             self.publisher.spool.close()
         log.info("stopped")
         return 0
 
+    def start_metrics_server(self) -> None:
+        """The optional Prometheus endpoint ([metrics] prometheus = true); reads the stats payload
+        at scrape time. A failure is logged as an error and the daemon runs on without it."""
+        cfg = self.settings.metrics
+        if not cfg.prometheus:
+            return
+        try:
+            from .prom import start_server
+
+            self.prom_server = start_server(cfg.host, cfg.port, self.pipeline.stats_payload)
+        except ImportError:
+            log.error("prometheus_unavailable", hint="prometheus-client is not installed in edged's environment "
+                      "(pip install prometheus-client); the metrics endpoint is off")
+            return
+        except OSError as exc:
+            log.error("prometheus_bind_failed", host=cfg.host, port=cfg.port, error=exc.strerror or str(exc),
+                      hint="another process holds the port, or the address is not local: check [metrics] host/port")
+            return
+        log.info("prometheus_listening", url=self.prom_server.url)
+
     def lanes_healthy(self, now: float) -> bool:
         """Every lane moved within its deadline; a quiet night with no readings still counts
         as progress (the lanes wake on their own timers), a lane stuck in a call does not."""
-        stalled = [name for name, lane in (("sensor", self.pipeline), ("command", self.commands))
-                   if now - lane.last_progress > LANE_DEADLINE_S]
+        lanes = (("sensor", self.pipeline, LANE_DEADLINE_S), ("command", self.commands, COMMAND_DEADLINE_S))
+        stalled = [name for name, lane, deadline in lanes if now - lane.last_progress > deadline]
         if stalled and not self._reported_stall:
-            log.error("lane_stalled", lanes=stalled, deadline_s=LANE_DEADLINE_S,
+            log.error("lane_stalled", lanes=stalled,
                       hint="watchdog pings stop; systemd restarts edged when WatchdogSec runs out")
         self._reported_stall = bool(stalled)
         return not stalled

@@ -279,7 +279,7 @@ def models_pull(
 @models_app.command("list")
 def models_list(config: Optional[Path] = ConfigOpt, _v: bool = VersionOpt,
                 as_json: bool = typer.Option(False, "--json", help="JSON output")) -> None:
-    """Show the catalog, what is installed, and the anomaly model in use."""
+    """Show the language-model catalog and what is installed in [models] dir."""
     from .llm.catalog import list_models
 
     settings = _settings(config)
@@ -333,7 +333,8 @@ def ask(
 
     settings = _settings(config)
     # The daemon answers within deadline_s; leave it room for the round trip.
-    reply = request(settings, "ask", {"question": question, "deadline_s": max(0.1, timeout - 0.5)}, timeout=timeout)
+    deadline = min(120.0, max(0.1, timeout - 0.5))
+    reply = request(settings, "ask", {"question": question, "deadline_s": deadline}, timeout=timeout)
     if as_json:
         typer.echo(json.dumps(reply, indent=2, ensure_ascii=False))
     elif reply.get("status") == "ok":

@@ -126,6 +126,7 @@ class CommandLane:
             self._wake.wait(1.0)
             self._wake.clear()
             while self._queue:
+                self.last_progress = time.monotonic()  # a long `ask` is one request, not a stall
                 self.handle(self._queue.popleft())
             self.last_progress = time.monotonic()
             if self._stop.is_set() and not self._queue:

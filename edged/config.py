@@ -72,6 +72,7 @@ class MqttSettings(Section):
     qos: int = Field(1, ge=0, le=1)
     session_expiry_s: int = Field(3600, ge=0)
     max_queued_messages: int = Field(10000, ge=100)
+    max_inflight_messages: int = Field(1000, ge=1, le=65535)
     request_secret: SecretStr | None = None  # shared secret for signed requests (DESIGN.md); empty: off
     request_secret_file: str = ""
     request_window_s: float = Field(60.0, ge=1, le=3600)
@@ -200,6 +201,24 @@ class LogSettings(Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class HomeAssistantSettings(Section):
+    discovery: bool = True
+    prefix: str = "homeassistant"
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must be a non-empty topic without wildcards or leading/trailing '/'")
+        return v
+
+
+class MetricsSettings(Section):
+    prometheus: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=1, le=65535)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -213,6 +232,8 @@ class Settings(BaseModel):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     cloud: CloudSettings = Field(default_factory=CloudSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="after")
     def _distinct_prefixes(self) -> "Settings":

@@ -20,8 +20,8 @@ from .config import ConfigError, Settings, format_validation_error, split_key
 DEFAULT_TOML = """\
 # edged configuration. Every key is optional; the values shown are the defaults.
 # Environment variables override the file: EDGED_<SECTION>__<KEY>, e.g. EDGED_MQTT__PORT=1884.
-# Secrets (mqtt.password, cloud.api_key) belong in the environment, a *_file, or
-# $CREDENTIALS_DIRECTORY/mqtt_password and /cloud_api_key (systemd LoadCredential=).
+# Secrets (mqtt.password, cloud.api_key, mqtt.request_secret) belong in the environment, a *_file,
+# or $CREDENTIALS_DIRECTORY/mqtt_password, /cloud_api_key, /request_secret (systemd LoadCredential=).
 
 [node]
 id = ""                      # the <node> in every topic; empty: the hostname
@@ -46,6 +46,7 @@ reconnect_max_s = 5          # cap of the exponential reconnect backoff
 qos = 1                      # subscription and publish QoS (0 or 1)
 session_expiry_s = 3600      # MQTT v5: how long the broker keeps the session while edged is away
 max_queued_messages = 10000  # outbound messages held while disconnected
+max_inflight_messages = 1000 # QoS 1 publishes awaiting PUBACK; paho's default of 20 throttles state publishes
 request_secret_file = ""     # shared secret: requests must then be signed (HMAC, docs/SECURITY.md);
                              # or EDGED_MQTT__REQUEST_SECRET, or the request_secret credential
 request_window_s = 60        # a signed request's timestamp must be this close to the local clock
@@ -69,9 +70,9 @@ min_silence_s = 30           # ... but never sooner than this for a learned inte
 # unit = "%"                 # when the payloads carry none
 
 [anomaly]
-threshold = 0.5              # on the calibrated anomaly score in [0, 1]
+threshold = 0.5              # on the detector's anomaly score in [0, 1]
 detector = "zscore"
-model_dir = ""               # empty: the committed model
+model_dir = ""               # a model directory with a manifest (used by the ONNX detector, not built yet)
 window = 64                  # readings per metric the detector sees
 learning_readings = 30       # a metric is "learning" (no events) until it has this many
 end_after = 3                # readings below the end level that close an episode
@@ -118,6 +119,15 @@ daily_tokens = 200000        # per rolling 24 h; 0 = no limit
 max_tokens = 400
 temperature = 0.2
 share = ["metric_names", "current_values", "anomaly_summaries"]  # may also add "statistics"
+
+[homeassistant]
+discovery = true             # MQTT discovery: a score sensor and an anomaly binary_sensor per metric
+prefix = "homeassistant"     # Home Assistant's discovery prefix (and <prefix>/status, its birth topic)
+
+[metrics]
+prometheus = false           # true: serve Prometheus metrics on http://host:port/metrics
+host = "127.0.0.1"           # "0.0.0.0" to let another machine scrape it
+port = 9108
 
 [log]
 level = "info"

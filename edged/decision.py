@@ -50,6 +50,7 @@ class Episode:
     last_ts: float
     unit: str | None = None
     expected_interval_s: float | None = None
+    announced: bool = True  # False when the start fell in a mute: its end is not published either
 
     @property
     def duration_s(self) -> float:

@@ -107,6 +107,7 @@ class MqttLink:
         self.client.will_set(topics.status, "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=max(1, math.ceil(cfg.reconnect_max_s)))
         self.client.max_queued_messages_set(cfg.max_queued_messages)
+        self.client.max_inflight_messages_set(cfg.max_inflight_messages)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect

@@ -127,6 +127,9 @@ class SensorPipeline:
         self.stats_extra: Callable[[], dict] = lambda: {}
         self.is_connected: Callable[[], bool] = lambda: True
         self.on_episode_start: Callable[[dict], None] | None = None  # e.g. the LM's better wording
+        self.on_new_metric: Callable[[str], None] | None = None  # e.g. Home Assistant discovery
+        self.on_reannounce: Callable[[list[str]], None] | None = None  # live metric names, after every connect
+        self.on_forget: Callable[[str], None] | None = None
         self.apply_settings(settings)
 
     # ------------------------------------------------------------------ configuration
@@ -311,6 +314,8 @@ class SensorPipeline:
         self._interval_override[slot] = rule.expected_interval_s if rule and rule.expected_interval_s else np.nan
         self._tokens[slot] = STATE_BURST
         log.info("metric_added", metric=metric, metrics=len(self.store))
+        if self.on_new_metric is not None:
+            self.on_new_metric(metric)
 
     def _score_round(self, items: list[_Scored]) -> None:
         slots = np.fromiter((i.slot for i in items), dtype=np.int64, count=len(items))
@@ -392,7 +397,10 @@ class SensorPipeline:
     def _emit(self, events: list[Event]) -> None:
         for ev in events:
             state = self.decisions[self.store.index[ev.episode.metric]]
-            if state.muted_until and state.muted_until > self.clock.now():
+            muted = state.muted_until and state.muted_until > self.clock.now()
+            if muted and ev.event == "start":
+                ev.episode.announced = False
+            if muted or not ev.episode.announced:  # never an `end` whose `start` nobody saw
                 self.stats.incr("events_muted")
                 continue
             payload = ev.payload()
@@ -419,6 +427,8 @@ class SensorPipeline:
             mono = time.monotonic()
             for slot in self.live_slots():
                 self._publish_state(slot, mono)
+            if self.on_reannounce is not None:
+                self.on_reannounce([self.store.names[slot] for slot in self.live_slots()])
         log.info("reannounced", metrics=len(self.store))
 
     # ------------------------------------------------------------------ tick
@@ -494,6 +504,8 @@ class SensorPipeline:
         self.decisions[slot] = None
         self._pending_state.discard(slot)
         self.publish(self.topics.state(name), b"", qos=1, retain=True)
+        if self.on_forget is not None:
+            self.on_forget(name)
         return name
 
     def after_restore(self) -> None:

@@ -5,6 +5,7 @@ The stats topic, `edged status` and (later) Prometheus read the same numbers fro
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
@@ -12,21 +13,42 @@ from dataclasses import dataclass
 import numpy as np
 
 
-class Latency:
-    """Recent samples (bounded) → p50/p99 in milliseconds."""
+LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
 
-    def __init__(self, keep: int = 4096) -> None:
+
+class Latency:
+    """Recent samples (bounded) → p50/p99 in milliseconds; and, since the start, a count, a sum
+    and cumulative buckets (what a Prometheus histogram exposes: edged.prom reads them here)."""
+
+    def __init__(self, keep: int = 4096, buckets_ms: tuple[float, ...] = LATENCY_BUCKETS_MS) -> None:
         self.samples: deque[float] = deque(maxlen=keep)
+        self.buckets_ms = buckets_ms
+        self._bounds_s = [b / 1000 for b in buckets_ms]
+        self._per_bucket = [0] * len(buckets_ms)  # not cumulative; above the last bound: only in count
+        self.count = 0
+        self.sum_s = 0.0
 
     def add(self, seconds: float) -> None:
         self.samples.append(seconds)
+        self.count += 1  # before the bucket: a concurrent reader never sees buckets above +Inf
+        self.sum_s += seconds
+        i = bisect.bisect_left(self._bounds_s, seconds)  # le semantics: a value on a bound counts in it
+        if i < len(self._per_bucket):
+            self._per_bucket[i] += 1
 
-    def summary(self) -> dict[str, float | None]:
-        if not self.samples:
-            return {"p50_ms": None, "p99_ms": None}
-        arr = np.fromiter(self.samples, dtype=float)
-        p50, p99 = np.percentile(arr, [50, 99]) * 1000
-        return {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}
+    def summary(self) -> dict:
+        out: dict = {"p50_ms": None, "p99_ms": None}
+        if self.samples:
+            arr = np.fromiter(self.samples, dtype=float)
+            p50, p99 = np.percentile(arr, [50, 99]) * 1000
+            out = {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}
+        buckets, running = {}, 0
+        for bound, n in zip(self.buckets_ms, list(self._per_bucket)):
+            running += n
+            buckets[f"{bound:g}"] = running
+        buckets["+Inf"] = max(self.count, running)
+        out.update(count=buckets["+Inf"], sum_ms=round(self.sum_s * 1000, 3), buckets_ms=buckets)
+        return out
 
 
 class Rate:

@@ -324,8 +324,14 @@ host = "{host}"
 port = {port}
 reconnect_max_s = 2
 
-# [sensors] keeps its defaults: topics = ["sensors/#"], so the simulator's sensors/sim/room1/temperature
-# becomes the metric sim/room1/temperature.
+[sensors]
+# topics keeps its default ["sensors/#"], so the simulator's sensors/sim/room1/temperature
+# becomes the metric sim/room1/temperature. The simulated dropouts last 6-12 s: let them
+# count as silence (the default floor of 30 s suits real sensors, not a one-minute demo).
+min_silence_s = 4
+
+[llm]
+enabled = false   # no model is installed for the demo; answers and summaries use templates
 
 [anomaly]
 learning_readings = {learning}
