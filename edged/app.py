@@ -46,7 +46,8 @@ class Daemon:
         self._reload = reload
         self.topics = Topics(settings.mqtt.base_topic, settings.node_id)
         self.stats = Stats()
-        detector = make_detector(settings.anomaly.detector, settings.anomaly.window, settings.anomaly.learning_readings)
+        detector = make_detector(settings.anomaly.detector, settings.anomaly.window, settings.anomaly.learning_readings,
+                                 settings.anomaly.model_dir)
         self.mqtt = MqttLink(settings, self.topics, self._on_message, self._on_connected)
         self.state_dir = Path(settings.node.state_dir)
         writable = self._state_dir_writable()

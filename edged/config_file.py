@@ -71,8 +71,8 @@ min_silence_s = 30           # ... but never sooner than this for a learned inte
 
 [anomaly]
 threshold = 0.5              # on the detector's anomaly score in [0, 1]
-detector = "zscore"
-model_dir = ""               # a model directory with a manifest (used by the ONNX detector, not built yet)
+detector = "zscore"          # or "model": the ONNX window-encoder detector (docs/ANOMALY.md)
+model_dir = ""               # for detector = "model": a directory with a manifest; empty: the committed model
 window = 64                  # readings per metric the detector sees
 learning_readings = 30       # a metric is "learning" (no events) until it has this many
 end_after = 3                # readings below the end level that close an episode

@@ -77,13 +77,22 @@ class RobustZScoreDetector:
         return series_scores(self, values, times, chunk)
 
 
+def appended_mask(times: np.ndarray) -> np.ndarray:
+    """The store's ordering rule over a whole series: only readings newer than every earlier one
+    are appended (and scored); a duplicate or late one keeps the last appended reading's score."""
+    if len(times) == 0:
+        return np.zeros(0, dtype=bool)
+    return times > np.concatenate([[-np.inf], np.maximum.accumulate(times)[:-1]])
+
+
+def spread_scores(appended: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    index = np.cumsum(appended) - 1  # the last appended reading at or before each row
+    return np.where(index >= 0, fresh[np.maximum(index, 0)] if len(fresh) else np.nan, np.nan)
+
+
 def series_scores(detector, values: np.ndarray, times: np.ndarray, chunk: int = 16384) -> np.ndarray:
-    """Batch scoring of one series for any window-only detector, with the store's ordering rule:
-    a reading not newer than every earlier one is not appended, and its score is the current
-    window's, i.e. the last appended reading's."""
-    n = len(values)
-    prior_max = np.concatenate([[-np.inf], np.maximum.accumulate(times)[:-1]]) if n else np.zeros(0)
-    appended = times > prior_max
+    """Batch scoring of one series for any window-only detector, equal to the row path."""
+    appended = appended_mask(times)
     v, t = values[appended], times[appended]
     pad = np.full(detector.window - 1, np.nan)
     wins = np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, v]), detector.window)
@@ -92,11 +101,22 @@ def series_scores(detector, values: np.ndarray, times: np.ndarray, chunk: int = 
     for start in range(0, len(v), chunk):
         stop = start + chunk
         fresh[start:stop] = detector.score(np.zeros(0, dtype=np.int64), wins[start:stop], twins[start:stop])
-    index = np.cumsum(appended) - 1  # the last appended reading at or before each row
-    return np.where(index >= 0, fresh[np.maximum(index, 0)], np.nan)
+    return spread_scores(appended, fresh)
 
 
-def make_detector(kind: str, window: int, learning_readings: int) -> Detector:
+def make_detector(kind: str, window: int, learning_readings: int, model_dir: str = "") -> Detector:
+    """``zscore``: the built-in rolling robust z-score. ``model``: the ONNX window encoder with
+    range-excursion and level-shift channels (edged/anomaly, models/edged-anomaly-mlp); its
+    model directory is checked against its manifest (sha256) before anything loads."""
     if kind == "zscore":
         return RobustZScoreDetector(window=window, learning_readings=learning_readings)
+    if kind == "model":
+        from pathlib import Path
+
+        from .anomaly.model_detector import DEFAULT_MODEL_DIR, load_detector
+        from .manifest import verify
+
+        directory = model_dir or DEFAULT_MODEL_DIR
+        verify(Path(directory))  # ModelError names the file that does not match
+        return load_detector(directory)
     raise ValueError(f"unknown detector {kind!r}")

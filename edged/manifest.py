@@ -70,6 +70,8 @@ def read_manifest(directory: Path) -> Manifest:
         raise ModelError(f"{path} does not exist: not a model directory") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path} cannot be read as JSON: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("files"), dict):  # {"name": {"sha256", "bytes"}} form
+        data["files"] = [{"path": name, **entry} for name, entry in data["files"].items()]
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:

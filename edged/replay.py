@@ -20,7 +20,7 @@ import numpy as np
 
 from .detector import Detector
 from .messages import parse_timestamp
-from .windows import MetricStore
+from .windows import APPENDED, MetricStore
 
 
 class ReplayError(Exception):
@@ -69,10 +69,13 @@ def score_rows(detector: Detector, times: np.ndarray, values: np.ndarray) -> np.
     store = MetricStore(detector.window, 1)
     slot = np.array([store.slot("replay")])
     scores = np.zeros(len(values))
+    last = np.nan
     for i in range(len(values)):
-        store.append(slot, times[i : i + 1], values[i : i + 1])
-        win_vals, win_times = store.windows(slot, detector.window)
-        scores[i] = detector.score(slot, win_vals, win_times)[0]
+        outcome = store.append(slot, times[i : i + 1], values[i : i + 1])
+        if outcome[0] == APPENDED:  # the lane scores appended readings only (duplicates/late are not)
+            win_vals, win_times = store.windows(slot, detector.window)
+            last = detector.score(slot, win_vals, win_times)[0]
+        scores[i] = last
     return scores
 
 

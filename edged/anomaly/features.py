@@ -37,17 +37,22 @@ CHANNELS = ("excursion", "knn", "shift", "model")
 class Params:
     knn_window: int = 16
     knn_memory: int = 600
+    knn_center: bool = False  # subtract each window's mean (shape only) before the distance
     ls_recent: int = 4
     ls_ref: int = 48
     calib_len: int = 1000
     calib_q: float = 0.99
+    calib_every: int = 8  # recompute each channel's order statistic every k readings (held between)
     floor: float = 0.01
-    excursion_scale: float = 0.05
-    rho_half: float = 2.0
-    refractory: int = 100
+    excursion_scale: float = 0.03
+    rho_half: float = 1.25
+    refractory: int = 300
     suppress: float = 0.0
-    escalate: float = 1.5
+    escalate: float = 3.0
+    refractory_mode: str = "level"  # after a score >= 0.5 suppress `refractory` steps; or "escalate" (threshold-free)
     learn: int = 150
+    gap_context: int = 32  # a reading more than gap_factor x the median of the previous
+    gap_factor: float = 4.0  # gap_context intervals after its predecessor follows a gap
     use: tuple = ("excursion", "knn", "shift")
     weights: dict = field(default_factory=dict)  # channel -> multiplier of its ratio
 
@@ -78,27 +83,29 @@ def running_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum.accumulate(prev), np.maximum.accumulate(prev)
 
 
-def knn_distance_batch(emb: np.ndarray, valid_from: int, lag: int, memory: int, block: int = 512) -> np.ndarray:
+def knn_distance_batch(emb: np.ndarray, valid_from: int, lag: int, memory: int, block: int = 128) -> np.ndarray:
     """d[t] = min over s in [t-lag-memory+1, t-lag], s >= valid_from, of ||emb[t]-emb[s]|| / sqrt(dim).
 
-    0 where no candidate exists or t < valid_from.
+    0 where no candidate exists or t < valid_from. Blocks of ``block`` rows against a band of
+    ``memory + block - 1`` candidates; an additive 0/inf mask keeps each row's own band.
     """
     T, dim = emb.shape
     out = np.zeros(T)
-    sq = np.einsum("ij,ij->i", emb, emb)
+    pad = lag + memory + block
+    E = np.vstack([np.zeros((pad, dim)), emb])  # padded rows are invalid candidates
+    sq = np.einsum("ij,ij->i", E, E)
+    sq[: pad + valid_from] = np.inf
+    i = np.arange(block)[:, None]
+    j = np.arange(memory + block - 1)[None, :]
+    band = np.where((j >= i) & (j <= i + memory - 1), 0.0, np.inf)
     for a in range(valid_from, T, block):
         b = min(a + block, T)
-        s0 = max(a - lag - memory + 1, valid_from)
-        s1 = b - lag  # exclusive
-        if s1 <= s0:
-            continue
-        E = emb[a:b]
-        C = emb[s0:s1]
-        d2 = sq[a:b, None] + sq[None, s0:s1] - 2.0 * (E @ C.T)
-        t_idx = np.arange(a, b)[:, None]
-        s_idx = np.arange(s0, s1)[None, :]
-        ok = (s_idx <= t_idx - lag) & (s_idx >= t_idx - lag - memory + 1)
-        d2 = np.where(ok, d2, np.inf)
+        n = b - a
+        s0 = a - lag - memory + 1 + pad  # padded index of the first candidate of row a
+        Cb = E[s0:s0 + memory + n - 1]
+        Eb = E[a + pad:b + pad]
+        d2 = sq[a + pad:b + pad, None] + sq[None, s0:s0 + memory + n - 1] - 2.0 * (Eb @ Cb.T)
+        d2 += band[:n, : memory + n - 1]
         m = d2.min(axis=1)
         has = np.isfinite(m)
         out[a:b][has] = np.sqrt(np.maximum(m[has], 0.0) / dim)
@@ -112,6 +119,18 @@ def knn_inputs(x: np.ndarray, lo: np.ndarray, scale: np.ndarray, w: int) -> np.n
     return (V - lo[t, None]) / scale[t, None]
 
 
+ENCODER_CLIP = (-1.0, 2.0)
+
+
+def encoder_inputs(x: np.ndarray, lo: np.ndarray, scale: np.ndarray, w: int) -> np.ndarray:
+    """Encoder input for windows ending at t = w-1..: readings placed in the running range at t."""
+    return place_in_range(_swv(x, w), lo[w - 1:], scale[w - 1:])
+
+
+def place_in_range(V: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.clip((V - lo[:, None]) / scale[:, None], *ENCODER_CLIP).astype(np.float32)
+
+
 def model_inputs(x: np.ndarray, lo: np.ndarray, scale: np.ndarray, w: int) -> np.ndarray:
     """Model input for windows ending at t = w-1..: centred on the context median, range-scaled."""
     V = _swv(x, w)
@@ -120,16 +139,41 @@ def model_inputs(x: np.ndarray, lo: np.ndarray, scale: np.ndarray, w: int) -> np
 
 def normalise_model_window(V: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Centre each window on the median of its context, scale by its context's robust spread
-    (floored at 1% of the running range), clip to [-20, 20]. float32 for the model."""
+    (floored at 1% of the running range), compress with asinh (|u| <= ~4.4 after clipping at
+    40) so a static int8 input scale keeps resolution near 0. float32 for the model."""
     ctx = V[:, :-1]
     med = np.median(ctx, axis=1)
     mad = np.median(np.abs(ctx - med[:, None]), axis=1)
     s = np.maximum(1.4826 * mad, 0.01 * scale)
-    return np.clip((V - med[:, None]) / s[:, None], -20.0, 20.0).astype(np.float32)
+    s = np.maximum(s, 1e-12)
+    return np.arcsinh(np.clip((V - med[:, None]) / s[:, None], -40.0, 40.0)).astype(np.float32)
 
 
-def raw_channels(x: np.ndarray, p: Params, model=None) -> dict:
-    """Raw causal channels of one series (float64[T] each)."""
+def gap_flags(times: np.ndarray, p: Params) -> np.ndarray:
+    """gap[t]: reading t follows a gap (its interval > gap_factor x the median of the previous
+    gap_context intervals). Needs t >= gap_context + 1."""
+    T = len(times)
+    gap = np.zeros(T, dtype=bool)
+    gc = p.gap_context
+    if times is None or T < gc + 2:
+        return gap
+    d = np.r_[np.nan, np.diff(times)]
+    med = np.median(_swv(d[1:], gc), axis=1)  # med[j] = median d[j+1..j+gc]
+    t = np.arange(gc + 1, T)
+    gap[t] = d[t] > p.gap_factor * med[t - gc - 1]
+    return gap
+
+
+def since_gap(gap: np.ndarray) -> np.ndarray:
+    """Readings since the last gap (large when none)."""
+    idx = np.arange(len(gap))
+    last = np.maximum.accumulate(np.where(gap, idx, -(10**12)))
+    return idx - last
+
+
+def raw_channels(x: np.ndarray, p: Params, model=None, times: np.ndarray | None = None) -> dict:
+    """Raw causal channels of one series (float64[T] each). With ``times``, the window channels
+    (knn, shift, model) are 0 while their window spans a gap in the sampling."""
     x = np.asarray(x, dtype=float)
     T = len(x)
     lo, hi = running_range(x)
@@ -140,6 +184,8 @@ def raw_channels(x: np.ndarray, p: Params, model=None) -> dict:
     knn = np.zeros(T)
     if "knn" in p.use and T >= w:
         Z = knn_inputs(x, lo, scale, w)
+        if p.knn_center:
+            Z = Z - Z.mean(axis=1, keepdims=True)
         emb = np.asarray(Z)
         knn[w - 1:] = knn_distance_batch(emb, 0, w, p.knn_memory)
     ch["knn"] = knn
@@ -155,22 +201,36 @@ def raw_channels(x: np.ndarray, p: Params, model=None) -> dict:
         mw = model.window
         mch = np.zeros(T)
         if T >= mw:
-            mch[mw - 1:] = model.run(model_inputs(x, lo, scale, mw))
+            if model.kind == "encoder":  # nearest-past-window distance in the learned embedding
+                emb = model.embed(encoder_inputs(x, lo, scale, mw))
+                mch[mw - 1:] = knn_distance_batch(emb, 0, mw, p.knn_memory)
+            else:  # classifier: softplus(logit)
+                mch[mw - 1:] = model.run(model_inputs(x, lo, scale, mw))
         ch["model"] = mch
+    if times is not None:
+        sg = since_gap(gap_flags(np.asarray(times, dtype=float), p))
+        spans = {"knn": p.knn_window, "shift": p.ls_recent + p.ls_ref,
+                 "model": model.window if model is not None else 0}
+        for name, L in spans.items():
+            if name in ch:
+                ch[name] = np.where(sg < L - 1, 0.0, ch[name])
     return ch
 
 
-def rolling_order_stat(c: np.ndarray, n: int, q: float, block: int = 4096) -> np.ndarray:
-    """o[t] = the int(q*(n-1))-th smallest of c[t-n..t-1] (zero-filled before 0)."""
+def rolling_order_stat(c: np.ndarray, n: int, q: float, every: int = 1, block: int = 4096) -> np.ndarray:
+    """o[t] = the int(q*(n-1))-th smallest of c[t'-n..t'-1] (zero-filled before 0), where
+    t' = t - t % every: recomputed every ``every`` steps, held in between."""
     T = len(c)
     k = int(q * (n - 1))
     padded = np.r_[np.zeros(n), c]
-    out = np.empty(T)
-    for a in range(0, T, block):
-        b = min(a + block, T)
-        W = _swv(padded[a:b + n - 1], n)  # rows: windows starting at padded a.., i.e. c[t-n..t-1]
-        out[a:b] = np.partition(W, k, axis=1)[:, k]
-    return out
+    at = np.arange(0, T, every)
+    vals = np.empty(len(at))
+    for a in range(0, len(at), block):
+        ts = at[a:a + block]
+        W = _swv(padded, n)[ts]  # rows padded[t'..t'+n-1] = c[t'-n..t'-1] (a copy)
+        W.partition(k, axis=1)
+        vals[a:a + block] = W[:, k]
+    return np.repeat(vals, every)[:T]
 
 
 def calibrate(ch: dict, p: Params) -> np.ndarray:
@@ -184,7 +244,7 @@ def calibrate(ch: dict, p: Params) -> np.ndarray:
         if name == "excursion":
             ratios.append(wgt * c / p.excursion_scale)
         else:
-            o = rolling_order_stat(c, p.calib_len, p.calib_q)
+            o = rolling_order_stat(c, p.calib_len, p.calib_q, p.calib_every)
             ratios.append(wgt * c / np.maximum(o, p.floor))
     return np.max(np.vstack(ratios), axis=0)
 
@@ -204,12 +264,43 @@ def refractory_filter(r: np.ndarray, R: int, escalate: float, suppress: float) -
     return np.where(r > escalate * m, r, suppress * r)
 
 
-def score_from_channels(ch: dict, p: Params) -> np.ndarray:
-    r = calibrate(ch, p)
-    out = squash(refractory_filter(r, p.refractory, p.escalate, p.suppress), p.rho_half)
+def refractory_level(r: np.ndarray, R: int, level: float, suppress: float, escalate: float = np.inf) -> np.ndarray:
+    """After an emitted ratio >= level (score >= 0.5), scale the next R ratios by ``suppress``,
+    unless one exceeds ``escalate`` times the ratio that opened the period: that one is emitted
+    and opens a new period."""
+    out = r.copy()
+    if R <= 0:
+        return out
+    until, last = -1, np.inf
+    for t in np.flatnonzero(r >= level):
+        if t <= until and not r[t] > escalate * last:
+            continue
+        out[t + 1:t + 1 + R] *= suppress
+        if t <= until:  # an escalation inside the period: undo the earlier suppression of t itself
+            out[t] = r[t]
+        until, last = t + R, r[t]
+    return out
+
+
+def apply_refractory(r: np.ndarray, p: Params) -> np.ndarray:
+    if p.refractory_mode == "level":
+        return refractory_level(r, p.refractory, p.rho_half, p.suppress, p.escalate)
+    return refractory_filter(r, p.refractory, p.escalate, p.suppress)
+
+
+def score_from_ratio(r: np.ndarray, p: Params) -> np.ndarray:
+    """Refractory + squash of the combined ratio; nothing is emitted (NaN) while learning, and
+    nothing emitted means nothing opens a refractory period."""
+    r = r.copy()
+    r[: p.learn] = 0.0
+    out = squash(apply_refractory(r, p), p.rho_half)
     out[: p.learn] = np.nan
     return out
 
 
-def score_series(x: np.ndarray, p: Params, model=None) -> np.ndarray:
-    return score_from_channels(raw_channels(x, p, model), p)
+def score_from_channels(ch: dict, p: Params) -> np.ndarray:
+    return score_from_ratio(calibrate(ch, p), p)
+
+
+def score_series(x: np.ndarray, p: Params, model=None, times: np.ndarray | None = None) -> np.ndarray:
+    return score_from_channels(raw_channels(x, p, model, times), p)

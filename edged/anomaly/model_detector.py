@@ -1,0 +1,242 @@
+"""Streaming anomaly detector: range excursion + nearest-past-window distance + level shift +
+an ONNX window model, each calibrated per metric by a rolling quantile of its own history,
+combined, squashed into [0, 1] and passed through a refractory filter.
+
+Implements the :class:`edged.detector.Detector` protocol. All per-metric state lives in
+arrays indexed by slot (grown on demand). The arithmetic is the same as the batch replay path
+:func:`edged.anomaly.features.score_series` (tools/anomaly/check_stream.py checks equality).
+
+Assumption: ``score`` is called once per appended reading of a slot, in time order (the
+daemon's store drops duplicates and keeps late readings out of the window).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .features import Params, _range_scale, normalise_model_window, place_in_range, squash
+
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "models", "edged-anomaly-mlp")
+
+
+class ModelDetector:
+    name = "onnx-anomaly"
+
+    def __init__(self, params: Params | None = None, model=None, capacity: int = 16) -> None:
+        self.p = params or Params()
+        self.model = model if "model" in self.p.use else None
+        p = self.p
+        self.cal_channels = [c for c in p.use if c != "excursion" and (c != "model" or self.model is not None)]
+        need = [p.knn_window, p.ls_recent + p.ls_ref, p.gap_context + 2]
+        if self.model is not None:
+            need.append(self.model.window)
+        self.window = int(max(need))
+        self.ring_len = p.knn_memory + p.knn_window
+        self.encoder = self.model is not None and self.model.kind == "encoder"
+        self.mring_len = p.knn_memory + (self.model.window if self.model is not None else 0)
+        self.capacity = 0
+        self._alloc(capacity)
+
+    # ------------------------------------------------------------------ state
+    def _alloc(self, capacity: int) -> None:
+        p = self.p
+        old = self.__dict__.copy() if self.capacity else None
+        self.n = np.zeros(capacity, dtype=np.int64)
+        self.lo = np.zeros(capacity)
+        self.hi = np.zeros(capacity)
+        knn = "knn" in p.use
+        self.emb = np.full((capacity, self.ring_len if knn else 1, p.knn_window if knn else 1), np.nan)
+        self.hist = np.zeros((capacity, len(self.cal_channels), p.calib_len))
+        self.qstat = np.zeros((capacity, len(self.cal_channels)))
+        esc = p.refractory_mode != "level"
+        self.prev_r = np.zeros((capacity, max(p.refractory, 1) if esc else 1))
+        self.until = np.full(capacity, -1, dtype=np.int64)
+        self.last_fire = np.full(capacity, np.inf)
+        self.last_gap = np.full(capacity, -(10**12), dtype=np.int64)
+        self.memb = np.full((capacity, self.mring_len if self.encoder else 1, self.model.dim if self.encoder else 1),
+                            np.nan)
+        if old:
+            k = old["capacity"]
+            for name in ("n", "lo", "hi", "emb", "hist", "qstat", "prev_r", "until", "last_fire", "last_gap", "memb"):
+                getattr(self, name)[:k] = old[name]
+        self.capacity = capacity
+
+    def _ensure(self, slots: np.ndarray) -> None:
+        need = int(slots.max()) + 1 if len(slots) else 0
+        if need > self.capacity:
+            self._alloc(max(need, 2 * self.capacity))
+
+    def score_series(self, values: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """A whole series in one ORT call; equal to the row-at-a-time path (tests/test_anomaly_model.py)."""
+        from ..detector import appended_mask, spread_scores
+        from .features import score_series
+
+        keep = appended_mask(times)
+        return spread_scores(keep, score_series(values[keep], self.p, self.model, times[keep]))
+
+    def reset(self, slot: int) -> None:
+        if slot >= self.capacity:
+            return
+        self.n[slot] = 0
+        self.lo[slot] = self.hi[slot] = 0.0
+        self.emb[slot] = np.nan
+        self.hist[slot] = 0.0
+        self.qstat[slot] = 0.0
+        self.prev_r[slot] = 0.0
+        self.until[slot] = -1
+        self.last_fire[slot] = np.inf
+        self.last_gap[slot] = -(10**12)
+        self.memb[slot] = np.nan
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, slots: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
+        p = self.p
+        slots = np.asarray(slots, dtype=np.int64)
+        self._ensure(slots)
+        B = len(slots)
+        x = values[:, -1].astype(float)
+        t = self.n[slots].copy()  # step index of this reading
+        first = t == 0
+        self.lo[slots[first]] = x[first]
+        self.hi[slots[first]] = x[first]
+        lo, hi = self.lo[slots], self.hi[slots]
+        scale = _range_scale(lo, hi)
+        ch = {"excursion": np.maximum(np.maximum(x - hi, lo - x), 0.0) / scale}
+
+        w = p.knn_window
+        full = t >= w - 1
+        knn = np.zeros(B)
+        if "knn" in p.use:
+            Z = (values[:, -w:] - lo[:, None]) / scale[:, None]
+            if p.knn_center:
+                Z = Z - Z.mean(axis=1, keepdims=True)
+            Z = np.where(full[:, None], Z, np.nan)
+            has, dist = _nearest(self.emb, slots, t, np.where(full[:, None], Z, 0.0), full, w, p.knn_memory, w)
+            knn[has] = dist[has]
+            self.emb[slots, np.mod(t, self.ring_len)] = Z
+        ch["knn"] = knn
+
+        k, L = p.ls_recent, p.ls_ref
+        shift = np.zeros(B)
+        if "shift" in p.use:
+            okk = t >= k + L - 1
+            if okk.any():
+                v = values[okk]
+                rec = v[:, -k:].mean(axis=1)
+                ref = np.median(v[:, -(k + L):-k], axis=1)
+                shift[okk] = np.abs(rec - ref) / scale[okk]
+        ch["shift"] = shift
+
+        if self.model is not None:
+            mw = self.model.window
+            mch = np.zeros(B)
+            okm = t >= mw - 1
+            if self.encoder:
+                Em = np.zeros((B, self.model.dim))
+                if okm.any():
+                    Em[okm] = self.model.embed(place_in_range(values[okm, -mw:], lo[okm], scale[okm]))
+                has, dist = _nearest(self.memb, slots, t, Em, okm, mw, p.knn_memory, self.model.dim)
+                mch[has] = dist[has]
+                self.memb[slots, np.mod(t, self.mring_len)] = np.where(okm[:, None], Em, np.nan)
+            elif okm.any():
+                mch[okm] = self.model.run(normalise_model_window(values[okm, -mw:], scale[okm]))
+            ch["model"] = mch
+
+        # sampling gaps: window channels are 0 while their window spans a gap
+        gc = p.gap_context
+        okg = t >= gc + 1
+        if okg.any():
+            d = np.diff(times[okg, -(gc + 2):].astype(float), axis=1)
+            gap = d[:, -1] > p.gap_factor * np.median(d[:, :-1], axis=1)
+            self.last_gap[slots[okg][gap]] = t[okg][gap]
+        sg = t - self.last_gap[slots]
+        spans = {"knn": p.knn_window, "shift": p.ls_recent + p.ls_ref,
+                 "model": self.model.window if self.model is not None else 0}
+        for name, L in spans.items():
+            if name in ch:
+                ch[name] = np.where(sg < L - 1, 0.0, ch[name])
+
+        # calibration by rolling order statistic of each channel's own history
+        ratios = []
+        kq = int(p.calib_q * (p.calib_len - 1))
+        hpos = np.mod(t, p.calib_len)
+        for name in p.use:
+            if name not in ch:
+                continue
+            wgt = p.weights.get(name, 1.0)
+            if name == "excursion":
+                ratios.append(wgt * ch[name] / p.excursion_scale)
+                continue
+            j = self.cal_channels.index(name)
+            due = np.flatnonzero(t % p.calib_every == 0)
+            if len(due):
+                h = self.hist[slots[due], j]  # (b, N)
+                self.qstat[slots[due], j] = np.partition(h, kq, axis=1)[:, kq]
+            o = self.qstat[slots, j]
+            ratios.append(wgt * ch[name] / np.maximum(o, p.floor))
+            self.hist[slots, j, hpos] = ch[name]
+        r = np.max(np.vstack(ratios), axis=0)
+        r[t < p.learn] = 0.0  # nothing is emitted while learning, so nothing opens a refractory period
+
+        # refractory
+        R = p.refractory
+        if R <= 0:
+            rr = r
+        elif p.refractory_mode == "level":
+            inside = t <= self.until[slots]
+            escal = inside & (r >= p.rho_half) & (r > p.escalate * self.last_fire[slots])
+            rr = np.where(inside & ~escal, p.suppress * r, r)
+            fire = (~inside | escal) & (r >= p.rho_half)
+            self.until[slots[fire]] = t[fire] + R
+            self.last_fire[slots[fire]] = r[fire]
+        else:
+            prev = self.prev_r[slots]
+            rr = np.where(r > p.escalate * prev.max(axis=1), r, p.suppress * r)
+            self.prev_r[slots, np.mod(t, R)] = r
+        out = squash(rr, p.rho_half)
+        out[t < p.learn] = np.nan
+
+        # advance the running range and the counters
+        self.lo[slots] = np.minimum(lo, x)
+        self.hi[slots] = np.maximum(hi, x)
+        self.n[slots] = t + 1
+        return out
+
+
+def _nearest(ring_arr, slots, t, Z, full, lag, memory, dim):
+    """Nearest past embedding for each row: candidates are the steps s in [t-lag-memory+1,
+    t-lag] (ring position s % ring length), valid (s >= lag - 1, not NaN). Returns
+    (has, distance / sqrt(dim))."""
+    ring_len = ring_arr.shape[1]
+    ring = ring_arr[slots]  # (B, ring_len, dim) copy
+    offs = np.arange(lag, lag + memory)
+    s = t[:, None] - offs[None, :]
+    pos = np.mod(s, ring_len)
+    C = np.take_along_axis(ring, pos[:, :, None], axis=1)  # (B, M, dim)
+    ok = (s >= lag - 1) & ~np.isnan(C[:, :, 0])
+    Cz = np.where(ok[:, :, None], C, 0.0)
+    sqz = np.einsum("ij,ij->i", Z, Z)
+    sqc = np.einsum("bmj,bmj->bm", Cz, Cz)
+    d2 = sqz[:, None] + sqc - 2.0 * np.einsum("bmj,bj->bm", Cz, Z)
+    d2 = np.where(ok, d2, np.inf)
+    m = d2.min(axis=1)
+    has = np.isfinite(m) & full
+    dist = np.zeros(len(slots))
+    dist[has] = np.sqrt(np.maximum(m[has], 0.0) / dim)
+    return has, dist
+
+
+def load_detector(model_dir: str | None = None, params_path: str | None = None, quantized: bool = True) -> ModelDetector:
+    """The shipped configuration: models/<name>/detector.json (Params) + the int8 model."""
+    from .model import OnnxWindowModel
+
+    model_dir = os.path.abspath(model_dir or DEFAULT_MODEL_DIR)
+    params_path = params_path or os.path.join(model_dir, "detector.json")
+    params = Params.from_dict(json.load(open(params_path))["params"]) if os.path.exists(params_path) else Params()
+    model = None
+    if "model" in params.use:
+        model = OnnxWindowModel(os.path.join(model_dir, "model.int8.onnx" if quantized else "model.onnx"))
+    return ModelDetector(params, model)
