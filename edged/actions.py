@@ -54,6 +54,7 @@ def register_core_actions(registry: ActionRegistry, pipeline: SensorPipeline, co
                 "status": pipeline.status_counts(),
                 "open_episodes": pipeline.open_episodes(),
                 "detector": pipeline.detector.name,
+                "provider": pipeline.settings.runtime.provider,
                 "queue_depth": pipeline.queue_depth,
             }
 

@@ -32,9 +32,6 @@ from .publisher import Publisher, Spool
 from .sdnotify import Notifier
 from .stats import Stats
 
-# A lane that has not moved for this long is stalled: the watchdog pings stop.
-LANE_DEADLINE_S = 30.0
-COMMAND_DEADLINE_S = 150.0  # one request may legitimately take its whole deadline (at most 120 s)
 MIN_SNAPSHOT_GAP_S = 2.0
 
 log = get_logger("edged.app")
@@ -46,8 +43,9 @@ class Daemon:
         self._reload = reload
         self.topics = Topics(settings.mqtt.base_topic, settings.node_id)
         self.stats = Stats()
+        self.ort_version = runtime.configure(settings.runtime)  # a provider that is not there: refuse to start
         detector = make_detector(settings.anomaly.detector, settings.anomaly.window, settings.anomaly.learning_readings,
-                                 settings.anomaly.model_dir)
+                                 settings.anomaly.model_dir, settings.runtime)
         self.mqtt = MqttLink(settings, self.topics, self._on_message, self._on_connected)
         self.state_dir = Path(settings.node.state_dir)
         writable = self._state_dir_writable()
@@ -196,8 +194,7 @@ class Daemon:
             t.start()
         self.mqtt.set_wanted(self.wanted_subscriptions())
         self.mqtt.start()
-        ort_version = runtime.configure(self.settings.runtime)
-        log.info("started", version=__version__, onnxruntime=ort_version, node=self.topics.node, detector=self.pipeline.detector.name,
+        log.info("started", version=__version__, onnxruntime=self.ort_version, provider=self.settings.runtime.provider, node=self.topics.node, detector=self.pipeline.detector.name,
                  topics=self.settings.sensors.topics)
         self.start_metrics_server()
         # Ready once the config is valid and the models are loaded; not waiting for the broker
@@ -268,7 +265,9 @@ class Daemon:
     def lanes_healthy(self, now: float) -> bool:
         """Every lane moved within its deadline; a quiet night with no readings still counts
         as progress (the lanes wake on their own timers), a lane stuck in a call does not."""
-        lanes = (("sensor", self.pipeline, LANE_DEADLINE_S), ("command", self.commands, COMMAND_DEADLINE_S))
+        node = self.settings.node
+        lanes = (("sensor", self.pipeline, node.sensor_lane_deadline_s),
+                 ("command", self.commands, node.command_lane_deadline_s))
         stalled = [name for name, lane, deadline in lanes if now - lane.last_progress > deadline]
         if stalled and not self._reported_stall:
             log.error("lane_stalled", lanes=stalled,

@@ -225,7 +225,7 @@ def replay(
     try:
         pairs = plan(input, out)
         factory = lambda: make_detector(settings.anomaly.detector, settings.anomaly.window, settings.anomaly.learning_readings,
-                                 settings.anomaly.model_dir)  # noqa: E731
+                                 settings.anomaly.model_dir, settings.runtime)  # noqa: E731
         bar = None
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
@@ -320,6 +320,27 @@ def models_verify(name: Optional[str] = typer.Argument(None, help="one model (de
         raise Exit(1)
 
 
+@models_app.command("bench")
+def models_bench(config: Optional[Path] = ConfigOpt, _v: bool = VersionOpt,
+                 as_json: bool = typer.Option(False, "--json", help="JSON output"),
+                 repeats: int = typer.Option(5, min=1, help="runs per figure (the median is shown)")) -> None:
+    """Measure each installed model on this device and the configured provider/threads."""
+    from .benchmarks import bench_anomaly, bench_llm
+
+    settings = _settings(config)
+    results = [bench_anomaly(settings, repeats)]
+    model_dir = _models_dir(settings) / settings.llm.model
+    if (model_dir / "manifest.json").is_file():
+        results.append(bench_llm(model_dir, settings, repeats))
+    else:
+        results.append({"model": settings.llm.model, "installed": False})
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        typer.echo("  ".join(f"{k} {v}" for k, v in r.items()))
+
+
 # --------------------------------------------------------------------------- ask
 
 
@@ -369,6 +390,7 @@ def status(
         d = reply.get("data", {})
         typer.echo(f"node {d.get('node')}  edged {d.get('version')}  up {d.get('uptime_s')} s  "
                    f"broker {'connected' if d.get('connected') else 'disconnected'}")
+        typer.echo(f"detector {d.get('detector')} on {d.get('provider')}  queue {d.get('queue_depth')}")
         typer.echo(f"metrics {d.get('metrics')}  " + "  ".join(f"{k} {v}" for k, v in sorted(d.get("status", {}).items())))
         for ep in d.get("open_episodes", []):
             typer.echo(f"  open {ep['kind']} episode {ep['id']} on {ep['metric']}")
@@ -380,6 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     # Small per-metric arrays gain nothing from BLAS threads; on a shared 2-core board they
     # only fight the broker and onnxruntime (replay measured 20x slower with them).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from .logs import setup_logging
+
+    setup_logging("warning", "auto")  # commands print results on stdout; logs go to stderr (`run` sets its own)
     try:
         app(args=argv, prog_name="edged", standalone_mode=True)
     except ConfigError as exc:

@@ -45,6 +45,8 @@ class NodeSettings(Section):
     state_dir: str = "/var/lib/edged"
     stats_interval_s: float = Field(30.0, ge=1, le=86400)
     clock: Literal["wall", "data"] = "wall"
+    sensor_lane_deadline_s: float = Field(30.0, ge=1, le=3600, description="watchdog: sensor lane stalled after")
+    command_lane_deadline_s: float = Field(150.0, ge=1, le=3600, description="watchdog: command lane stalled after")
 
     @field_validator("id")
     @classmethod

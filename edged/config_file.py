@@ -28,6 +28,8 @@ id = ""                      # the <node> in every topic; empty: the hostname
 state_dir = "/var/lib/edged" # snapshots, spool, built models
 stats_interval_s = 30        # how often the retained edged/<node>/stats is published
 clock = "wall"               # "wall", or "data": now = newest reading timestamp (replays, tests)
+sensor_lane_deadline_s = 30  # a lane that has not moved for this long is stalled: watchdog pings stop
+command_lane_deadline_s = 150  # one request may take its whole deadline (at most 120 s)
 
 [mqtt]
 host = "localhost"

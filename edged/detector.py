@@ -14,16 +14,26 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 
-def _row_median(x: np.ndarray) -> np.ndarray:
-    """Median of each row ignoring NaN. Full rows (the normal case) take np.median; numpy's
-    nanmedian goes through masked arrays for short rows and costs ~10x more."""
-    full = ~np.isnan(x).any(axis=1)
+def row_median(x: np.ndarray) -> np.ndarray:
+    """Median of each row ignoring NaN (NaN for an all-NaN row). Full rows (the normal case)
+    take np.median; rows with NaN are sorted (NaN sorts last) and the middle of their valid
+    part is read off — numpy's nanmedian goes through masked arrays and costs ~10-100x more."""
+    nan = np.isnan(x)
+    full = ~nan.any(axis=1)
     if full.all():
         return np.median(x, axis=1)
     out = np.empty(len(x))
-    out[full] = np.median(x[full], axis=1)
-    out[~full] = np.nanmedian(x[~full], axis=1)
+    if full.any():
+        out[full] = np.median(x[full], axis=1)
+    part = np.sort(x[~full], axis=1)
+    k = (~nan[~full]).sum(axis=1)
+    lo = np.take_along_axis(part, np.maximum((k - 1) // 2, 0)[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(part, np.minimum(k // 2, part.shape[1] - 1)[:, None], axis=1)[:, 0]
+    out[~full] = np.where(k > 0, (lo + hi) / 2, np.nan)
     return out
+
+
+_row_median = row_median
 
 
 @runtime_checkable
@@ -104,7 +114,7 @@ def series_scores(detector, values: np.ndarray, times: np.ndarray, chunk: int = 
     return spread_scores(appended, fresh)
 
 
-def make_detector(kind: str, window: int, learning_readings: int, model_dir: str = "") -> Detector:
+def make_detector(kind: str, window: int, learning_readings: int, model_dir: str = "", runtime_settings=None) -> Detector:
     """``zscore``: the built-in rolling robust z-score. ``model``: the ONNX window encoder with
     range-excursion and level-shift channels (edged/anomaly, models/edged-anomaly-mlp); its
     model directory is checked against its manifest (sha256) before anything loads."""
@@ -118,5 +128,5 @@ def make_detector(kind: str, window: int, learning_readings: int, model_dir: str
 
         directory = model_dir or DEFAULT_MODEL_DIR
         verify(Path(directory))  # ModelError names the file that does not match
-        return load_detector(directory)
+        return load_detector(directory, runtime_settings=runtime_settings)
     raise ValueError(f"unknown detector {kind!r}")

@@ -30,6 +30,13 @@ from .messages import RawMessage, Topics
 log = get_logger("edged.mqtt")
 
 
+def _quiet_paho(record: logging.LogRecord) -> bool:
+    """paho logs every failed attempt and dropped socket as an ERROR of its own; edged already
+    says so once, with the reason and a hint (mqtt_connect_failed / mqtt_disconnected)."""
+    message = record.getMessage()
+    return not message.startswith(("Client is not connected", "failed to receive on socket"))
+
+
 class _Client(paho.Client):
     """paho's client, remembering why the last connection attempt failed (paho drops it)."""
 
@@ -93,6 +100,8 @@ class MqttLink:
         )
         paho_logger = logging.getLogger("paho")
         paho_logger.setLevel(logging.DEBUG if settings.log.level == "debug" else logging.WARNING)
+        if _quiet_paho not in paho_logger.filters:
+            paho_logger.addFilter(_quiet_paho)
         self.client.enable_logger(paho_logger)
         if cfg.username:
             password = cfg.password.get_secret_value() if cfg.password else None

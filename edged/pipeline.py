@@ -60,6 +60,7 @@ SILENCE_CHECK_S = 0.5
 RECENT_EVENTS = 512
 BATCH_MAX = 2048
 GATHER_S = 0.003
+BACKPRESSURE_MAX_S = 0.05
 CLOCK_WARNING_EVERY_S = 3600.0  # one "device clock ahead" warning an hour, however many readings
 
 
@@ -107,6 +108,7 @@ class SensorPipeline:
         self.clock = Clock(settings.node.clock)
         self.reporter = RejectionReporter()
         self._queue: deque[RawMessage] = deque(maxlen=settings.sensors.queue_size)
+        self._high_water = max(1, settings.sensors.queue_size // 4)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._intake_open = True
@@ -162,6 +164,13 @@ class SensorPipeline:
     def offer(self, msg: RawMessage) -> None:
         if not self._intake_open:
             return
+        if len(self._queue) > self._high_water:
+            # Backpressure: pause the network thread briefly so the lane gets the GIL (and TCP
+            # slows the broker down) instead of reading messages only to drop them. Bounded, so
+            # keepalives and commands still flow; past it, the oldest reading is dropped (counted).
+            deadline = time.monotonic() + BACKPRESSURE_MAX_S
+            while len(self._queue) > self._high_water and time.monotonic() < deadline and self._intake_open:
+                time.sleep(0.0005)
         if len(self._queue) == self._queue.maxlen:
             self.stats.incr("dropped")
         self._queue.append(msg)

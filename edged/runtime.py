@@ -29,6 +29,12 @@ def configure(settings: RuntimeSettings) -> str:
     import onnxruntime as ort
 
     ort.set_default_logger_severity(SEVERITY[settings.log_severity])
+    wanted = PROVIDERS[settings.provider]
+    if wanted not in ort.get_available_providers():  # an error at start, never a silent CPU fall-back
+        raise ModelError(
+            f"runtime.provider = {settings.provider!r} needs {wanted}, which this onnxruntime build lacks "
+            f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu for CUDA/TensorRT"
+        )
     return ort.__version__
 
 

@@ -234,3 +234,23 @@ def test_daemon_never_logs_its_secrets(broker, daemon_factory, probe_factory, tm
     text = d.log_path.read_text()
     assert "mqtt_connected" in text and SECRET not in text
     assert all(SECRET.encode() not in m.payload for m in probe.messages)
+
+
+def test_requested_provider_not_available_is_an_error(edged_cli, tmp_path):
+    """The CPU build of onnxruntime has no CUDA provider: asking for it refuses to start."""
+    cfg = tmp_path / "gpu.toml"
+    cfg.write_text('[runtime]\nprovider = "cuda"\n[node]\nstate_dir = "%s"\n' % (tmp_path / "state"))
+    proc = edged_cli("run", "--config", str(cfg), timeout=60)
+    assert proc.returncode == 1
+    assert "CUDAExecutionProvider" in proc.stderr and "onnxruntime-gpu" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_models_bench_reports_the_anomaly_model(edged_cli, tmp_path):
+    cfg = tmp_path / "b.toml"
+    cfg.write_text('[models]\ndir = "%s"\n' % (tmp_path / "none"))
+    proc = edged_cli("models", "bench", "--json", "--repeats", "1", "--config", str(cfg), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert rows[0]["model"] == "edged-anomaly-mlp" and rows[0]["readings_per_s"] > 0
+    assert rows[1] == {"model": "smollm2-135m", "installed": False}

@@ -60,3 +60,38 @@ def test_unreachable_notify_socket_is_one_clear_error(tmp_path, broker, daemon_f
     d.wait_log("mqtt_connected", timeout=10)
     assert sum(e.get("event") == "notify_socket_unreachable" for e in d.log_lines()) == 1
     assert d.stop() == 0
+
+
+def test_watchdog_pings_stop_while_a_lane_is_stalled(tmp_path, broker, daemon_factory, probe_factory):
+    """A command lane blocked beyond its deadline (a cloud call held open by the server)
+    stops the pings; they resume when the lane moves again."""
+    import json
+
+    from fake_openai import FakeOpenAI, hold
+
+    fake = FakeOpenAI().start()
+    listener = NotifyListener(tmp_path / "notify.sock")
+    try:
+        d = daemon_factory(
+            broker.port,
+            extra=f'[cloud]\nenabled = true\nbase_url = "{fake.base_url}"\nmax_retries = 0\ntimeout_s = 30\n',
+            env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "600000", "EDGED_CLOUD__API_KEY": "sk-" + "x" * 20,
+                 "EDGED_NODE__COMMAND_LANE_DEADLINE_S": "1"},
+        )
+        wait_for(lambda: listener.lines().count("WATCHDOG=1") >= 2, 15, what="pings before the stall")
+        fake.push(hold())
+        probe = probe_factory(broker.port)
+        probe.subscribe(f"{d.root}/response/#")
+        probe.publish(f"{d.root}/request/ask",
+                      json.dumps({"question": "write a short note to my landlord about the leak", "deadline_s": 8}))
+        d.wait_log("lane_stalled", timeout=15)
+        stalled_at = listener.lines().count("WATCHDOG=1")
+        reply = probe.wait_topic(f"{d.root}/response/ask", timeout=20).json()  # the deadline ends the wait
+        assert reply["data"]["source"] == "local-fallback"
+        assert listener.lines().count("WATCHDOG=1") <= stalled_at + 1  # no pings while stalled
+        wait_for(lambda: listener.lines().count("WATCHDOG=1") >= stalled_at + 3, 15, what="pings resumed")
+        assert d.stop() == 0
+    finally:
+        fake.release()
+        fake.stop()
+        listener.close()

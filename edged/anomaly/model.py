@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 
 
 class OnnxWindowModel:
-    def __init__(self, path: str, threads: int = 1) -> None:
-        import onnxruntime as ort
+    def __init__(self, path: str, threads: int = 1, runtime_settings=None) -> None:
+        """The session comes from edged.runtime (provider checked and logged, threads, no
+        spinning) when the daemon passes its [runtime] settings; tools may use the defaults."""
+        from ..config import RuntimeSettings
+        from ..runtime import make_session
 
         self.path = path
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        settings = runtime_settings or RuntimeSettings(intra_op_threads=threads)
+        self.session = make_session(Path(path), settings)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.window = int(inp.shape[1])

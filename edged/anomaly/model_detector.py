@@ -229,7 +229,8 @@ def _nearest(ring_arr, slots, t, Z, full, lag, memory, dim):
     return has, dist
 
 
-def load_detector(model_dir: str | None = None, params_path: str | None = None, quantized: bool = True) -> ModelDetector:
+def load_detector(model_dir: str | None = None, params_path: str | None = None, quantized: bool = True,
+                  runtime_settings=None) -> ModelDetector:
     """The shipped configuration: models/<name>/detector.json (Params) + the int8 model."""
     from .model import OnnxWindowModel
 
@@ -238,5 +239,6 @@ def load_detector(model_dir: str | None = None, params_path: str | None = None, 
     params = Params.from_dict(json.load(open(params_path))["params"]) if os.path.exists(params_path) else Params()
     model = None
     if "model" in params.use:
-        model = OnnxWindowModel(os.path.join(model_dir, "model.int8.onnx" if quantized else "model.onnx"))
+        model = OnnxWindowModel(os.path.join(model_dir, "model.int8.onnx" if quantized else "model.onnx"),
+                                runtime_settings=runtime_settings)
     return ModelDetector(params, model)
