@@ -16,7 +16,7 @@ GGUF = Path(os.environ.get("EDGED_SMOLLM2_GGUF", Path.home() / ".cache/edged/ggu
 
 def _spike(probe, d, metric="greenhouse/humidity"):
     ts = publish_series(probe, f"sensors/{metric}", [60 + (i % 5) * 0.5 for i in range(40)])
-    publish_series(probe, f"sensors/{metric}", [95.0], start=ts)
+    probe.publish(f"sensors/{metric}", '{"value": 95.0, "ts": %s, "unit": "%%"}' % ts)
     return probe.wait_topic(f"{d.root}/anomaly/{metric}", lambda m: m.json()["event"] == "start").json()
 
 
@@ -55,14 +55,11 @@ def test_summary_event_follows_start_with_the_same_id(broker, daemon_factory, pr
     probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online")
     d.wait_log("llm_loaded", timeout=60)
     start = _spike(probe, d)
-    # Either the model's guarded wording arrives as a summary event, or the guard rejected it
-    # (counted): never a second start, never an unguarded number.
-    def outcome():
-        summaries = [m.json() for m in probe.on(f"{d.root}/anomaly/") if m.json()["event"] == "summary"]
-        rejected = any(e.get("event") == "llm_phrasing_rejected" for e in d.log_lines())
-        return summaries or rejected
-    result = wait_for(outcome, 60, what="a summary event or a guard rejection")
-    if isinstance(result, list):
-        assert result[0]["id"] == start["id"] and result[0]["template"] == start["summary"]
+    # Greedy decoding is deterministic: for this episode the model's wording passes the guard.
+    summary = wait_for(lambda: next((m.json() for m in probe.on(f"{d.root}/anomaly/") if m.json()["event"] == "summary"),
+                                    None), 60, what="a summary event")
+    print("summary:", summary["summary"])
+    assert summary["id"] == start["id"] and summary["template"] == start["summary"]
+    assert "95" in summary["summary"]  # the value is kept (the guard checked every number)
     starts = [m for m in probe.on(f"{d.root}/anomaly/") if m.json()["event"] == "start"]
     assert len(starts) == 1

@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--show-fail", action="store_true", help="print every question that fails a check")
     ap.add_argument("--show-all", action="store_true", help="print every question and answer")
     ap.add_argument("--json", type=Path, help="write the per-question rows here")
+    ap.add_argument("--llm", type=Path, help="a built LM directory: also phrase every local answer with it "
+                    "(under the guard, as the daemon does) and report its latency and rejections")
+    ap.add_argument("--threads", type=int, default=2, help="LM threads (with --llm)")
     args = ap.parse_args(argv)
     setup_logging("warning")
     scenario = load_scenario()
@@ -331,7 +334,39 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
+    if args.llm:
+        print(phrasing_report(args.llm, args.threads, facts, results[-1]))
     return 0
+
+
+def phrasing_report(model_dir: Path, threads: int, facts: Facts, result: dict) -> str:
+    """Template answer → the LM's guarded wording, timed per question (template + LM = what the
+    daemon's `ask` costs when [llm] phrase_answers is on)."""
+    from edged.phrasing import Phraser
+    from edged.stats import Stats as _Stats
+
+    stats = _Stats()
+    phraser = Phraser(model_dir, threads, stats, load_now=True)
+    timings, accepted, numbers_bad = [], 0, 0
+    names = facts.metrics()
+    for row in result["rows"]:
+        if row["route"] != "local" or not row["text"] or row["intent"] in ("help", "list"):
+            continue
+        t0 = time.perf_counter()
+        plan = understand(row["question"], facts.units(), facts.now())
+        text, used = answer(plan, facts)
+        phrased = phraser.phrase_answer(text, used, time.monotonic() + 10)
+        timings.append(time.perf_counter() - t0)
+        if phrased:
+            accepted += 1
+            numbers_bad += bool(invented(phrased, used, row["question"], names))
+    phraser.stop()
+    timings.sort()
+    snap = stats.snapshot()
+    return (f"LM-phrased answers ({model_dir.name}, {threads} threads): {len(timings)} questions, "
+            f"p50 {1000 * statistics.median(timings):.0f} ms, p95 {1000 * timings[int(0.95 * (len(timings) - 1))]:.0f} ms; "
+            f"wording accepted {accepted}, guard rejections {snap.get('llm_guard_rejections', 0)}, "
+            f"accepted with a number not in the facts {numbers_bad}; decode {snap['llm_tokens_per_s']} tok/s")
 
 
 if __name__ == "__main__":
