@@ -36,6 +36,13 @@ class ConfigError(Exception):
     """A configuration problem a user can fix; the message says how."""
 
 
+def plain_topic(v: str) -> str:
+    """A topic prefix the daemon publishes under: no wildcards, no leading/trailing '/'."""
+    if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+        raise ValueError("must be a non-empty topic without wildcards or leading/trailing '/'")
+    return v
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -86,12 +93,7 @@ class MqttSettings(Section):
             raise ValueError("must be at least 16 characters")
         return v
 
-    @field_validator("base_topic")
-    @classmethod
-    def _base_topic(cls, v: str) -> str:
-        if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
-            raise ValueError("must be a non-empty topic without wildcards or leading/trailing '/'")
-        return v
+    _base_topic = field_validator("base_topic")(lambda cls, v: plain_topic(v))
 
 
 class MetricOverride(Section):
@@ -207,12 +209,7 @@ class HomeAssistantSettings(Section):
     discovery: bool = True
     prefix: str = "homeassistant"
 
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
-            raise ValueError("must be a non-empty topic without wildcards or leading/trailing '/'")
-        return v
+    _prefix = field_validator("prefix")(lambda cls, v: plain_topic(v))
 
 
 class MetricsSettings(Section):
