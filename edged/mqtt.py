@@ -90,6 +90,7 @@ class MqttLink:
         self.connects = 0
         self.publish_failures = 0
         self._closing = False
+        self._refused = False
         cfg = settings.mqtt
         self.v5 = cfg.protocol == "v5"
         self.client = _Client(
@@ -185,6 +186,7 @@ class MqttLink:
     # ------------------------------------------------------------------ callbacks (network thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._refused = True  # the disconnect that follows is this refusal, already logged
             log.warning("mqtt_refused", reason=str(reason_code), host=self.settings.mqtt.host,
                         hint=_refusal_hint(str(reason_code)))
             return
@@ -213,6 +215,17 @@ class MqttLink:
         self.connected.clear()
         if was and not self._closing:
             log.warning("mqtt_disconnected", reason=str(reason_code))
+        elif self._refused:
+            self._refused = False
+        elif not was and not self._closing:
+            # The TCP connection opened but closed before any CONNACK: typically plain MQTT sent
+            # to a TLS listener (the broker waits for a TLS ClientHello), or a broker refusing us.
+            cfg = self.settings.mqtt
+            hint = ("the broker closed the connection before answering: if port "
+                    f"{cfg.port} is a TLS listener, set mqtt.tls = true (and mqtt.ca_file); otherwise see the broker's log"
+                    if not cfg.tls else "the broker closed the TLS connection before answering: see the broker's log")
+            log.warning("mqtt_handshake_failed", host=cfg.host, port=cfg.port, reason=str(reason_code), hint=hint,
+                        retry_max_s=cfg.reconnect_max_s)
 
     def _on_message(self, client, userdata, msg) -> None:
         props = getattr(msg, "properties", None) if self._is_request(msg.topic) else None

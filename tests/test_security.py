@@ -124,6 +124,8 @@ def test_wrong_password_is_reported_with_backoff(secure_broker, daemon_factory):
     assert elapsed >= 1.0
     assert refusals < 20
     assert "wrong-password" not in d.log_path.read_text()
+    # One line per attempt: the refusal, not also a "handshake failed" for the same attempt.
+    assert not [e for e in d.log_lines() if e.get("event") == "mqtt_handshake_failed"]
     assert d.stop() == 0
 
 
@@ -136,4 +138,14 @@ def test_untrusted_certificate_is_a_clear_error(secure_broker, daemon_factory, t
     )
     event = d.wait_log("mqtt_connect_failed", timeout=15)
     assert "certificate" in json.dumps(event).lower()
+    assert d.stop() == 0
+
+
+def test_plaintext_to_a_tls_port_is_explained(secure_broker, daemon_factory):
+    d = daemon_factory(secure_broker.port, mqtt_extra='username = "edged"',
+                       env={"EDGED_MQTT__PASSWORD": PASSWORD})
+    event = d.wait_log("mqtt_handshake_failed", timeout=20)
+    assert "mqtt.tls = true" in event["hint"]
+    wait_for(lambda: sum(e.get("event") == "mqtt_handshake_failed" for e in d.log_lines()) >= 2, 20,
+             what="a second attempt, after backoff")
     assert d.stop() == 0
