@@ -31,10 +31,11 @@ def test_restart_restores_state_and_open_episode(broker, daemon_factory, probe_f
     ts = publish_series(probe, "sensors/boiler/temp", [95.0], start=ts)
     start = probe.wait_topic(f"{d.root}/anomaly/boiler/temp", lambda m: m.json()["event"] == "start").json()
     assert d.stop(signal.SIGTERM) == 0
+    probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"offline")
+    probe.clear()  # before the restart: its `online` must not be cleared away
 
     d2 = daemon_factory(broker.port, node=d.node)  # same node, same state_dir
     d2.wait_log("snapshot_restored")
-    probe.clear()
     probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online")
     restored = _metrics(probe, d2)["boiler/temp"]
     assert restored["status"] == "anomalous" and restored["value"] == 95.0  # not learning again
