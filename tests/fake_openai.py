@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -82,19 +82,9 @@ def close() -> Behaviour:
     return Behaviour("close")
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01, what: str = "condition"):
-    """Poll ``predicate`` until it is truthy; fail at the deadline (no bare sleeps in tests).
-
-    Kept here rather than imported from ``conftest``: with several conftest.py files under
-    tests/, ``import conftest`` resolves to whichever was loaded first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
+# One poll-with-deadline helper for the whole suite (tests/llm is a package, so its conftest
+# no longer shadows this one).
+from conftest import wait_for  # noqa: E402,F401
 
 
 @dataclass
