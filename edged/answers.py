@@ -87,6 +87,13 @@ def _slot(p, metric: str) -> int | None:
     return p.store.index.get(metric)
 
 
+def _recent(p, slot: int) -> tuple[np.ndarray, np.ndarray]:
+    """The metric's recent readings (values, times), oldest first, padding dropped. Under p.lock."""
+    vals, times = p.store.windows(np.array([slot]))
+    keep = np.isfinite(vals[0]) & np.isfinite(times[0])  # the ring writes both together
+    return vals[0][keep], times[0][keep]
+
+
 def _changes(fs: Any, metric: str, window: Window) -> dict | None:
     """State changes of a two-state metric in the window: exact from the recent readings, from the
     history buckets (and the anomaly events' start times) before that."""
@@ -97,10 +104,7 @@ def _changes(fs: Any, metric: str, window: Window) -> dict | None:
         slot = _slot(p, metric)
         if slot is None:
             return None
-        vals, times = p.store.windows(np.array([slot]))
-        v, t = vals[0], times[0]
-        keep = np.isfinite(v) & np.isfinite(t)
-        v, t = v[keep], t[keep]
+        v, t = _recent(p, slot)
         ring_start = float(t[0]) if t.size else math.inf
         tier = next((tr for tr in p.store.tiers if tr.covers(window.until, window.since)), p.store.tiers[-1])
         b = tier.bucket[slot].copy()
@@ -231,10 +235,7 @@ def _flat(fs: Any, metric: str, now: float) -> dict | None:
         slot = _slot(p, metric)
         if slot is None:
             return None
-        vals, times = p.store.windows(np.array([slot]))
-        v, t = vals[0], times[0]
-        keep = np.isfinite(v)
-        v, t = v[keep], t[keep]
+        v, t = _recent(p, slot)
         if v.size < 10:
             return None
         last = v[-1]

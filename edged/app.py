@@ -105,7 +105,7 @@ class Daemon:
 
     def _extra_stats(self) -> dict:
         extra = {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
-                 "commands_queue_depth": len(self.commands._queue), "spool_depth": self.publisher.depth()}
+                 "commands_queue_depth": self.commands.queue_depth, "spool_depth": self.publisher.depth()}
         if self.cloud is not None:
             extra["cloud"] = self.cloud.counters()
         return extra

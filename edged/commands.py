@@ -121,6 +121,10 @@ class CommandLane:
         self._stop.set()
         self._wake.set()
 
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
     def run(self) -> None:
         while True:
             self._wake.wait(1.0)

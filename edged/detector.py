@@ -13,27 +13,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-
-def row_median(x: np.ndarray) -> np.ndarray:
-    """Median of each row ignoring NaN (NaN for an all-NaN row). Full rows (the normal case)
-    take np.median; rows with NaN are sorted (NaN sorts last) and the middle of their valid
-    part is read off — numpy's nanmedian goes through masked arrays and costs ~10-100x more."""
-    nan = np.isnan(x)
-    full = ~nan.any(axis=1)
-    if full.all():
-        return np.median(x, axis=1)
-    out = np.empty(len(x))
-    if full.any():
-        out[full] = np.median(x[full], axis=1)
-    part = np.sort(x[~full], axis=1)
-    k = (~nan[~full]).sum(axis=1)
-    lo = np.take_along_axis(part, np.maximum((k - 1) // 2, 0)[:, None], axis=1)[:, 0]
-    hi = np.take_along_axis(part, np.minimum(k // 2, part.shape[1] - 1)[:, None], axis=1)[:, 0]
-    out[~full] = np.where(k > 0, (lo + hi) / 2, np.nan)
-    return out
+from .windows import row_median
 
 
-_row_median = row_median
 
 
 @runtime_checkable
@@ -71,8 +53,8 @@ class RobustZScoreDetector:
             return scores
         ctx = context[ready]
         with np.errstate(all="ignore"):
-            med = _row_median(ctx)
-            mad = _row_median(np.abs(ctx - med[:, None]))
+            med = row_median(ctx)
+            mad = row_median(np.abs(ctx - med[:, None]))
             spread = np.nanmax(ctx, axis=1) - np.nanmin(ctx, axis=1)
             scale = np.maximum.reduce([1.4826 * mad, 0.05 * spread, 1e-4 * np.abs(med), np.full_like(med, 1e-9)])
             z = np.abs(current[ready] - med) / scale

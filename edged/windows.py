@@ -22,6 +22,25 @@ HISTORY_TIERS: tuple[tuple[float, int], ...] = ((60.0, 180), (900.0, 96), (10800
 _GROW_STEP = 64
 
 
+def row_median(x: np.ndarray) -> np.ndarray:
+    """Median of each row ignoring NaN (NaN for an all-NaN row). Full rows (the normal case)
+    take np.median; rows with NaN are sorted (NaN sorts last) and the middle of their valid
+    part is read off — numpy's nanmedian goes through masked arrays and costs ~10-100x more."""
+    nan = np.isnan(x)
+    full = ~nan.any(axis=1)
+    if full.all():
+        return np.median(x, axis=1)
+    out = np.empty(len(x))
+    if full.any():
+        out[full] = np.median(x[full], axis=1)
+    part = np.sort(x[~full], axis=1)
+    k = (~nan[~full]).sum(axis=1)
+    lo = np.take_along_axis(part, np.maximum((k - 1) // 2, 0)[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(part, np.minimum(k // 2, part.shape[1] - 1)[:, None], axis=1)[:, 0]
+    out[~full] = np.where(k > 0, (lo + hi) / 2, np.nan)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     """Aggregate over a time window, exact min/max whatever the downsampling."""
@@ -242,8 +261,6 @@ class MetricStore:
             ok = np.sum(~np.isnan(gaps), axis=1) >= 2
             out = np.full(n, np.nan)
             if ok.any():
-                from .detector import row_median  # sort-based: nanmedian's masked path stalls the lane
-
                 out[ok] = row_median(gaps[ok])
         return out
 
