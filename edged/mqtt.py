@@ -26,6 +26,7 @@ from .auth import sign
 from .config import Settings
 from .logs import get_logger
 from .messages import RawMessage, Topics
+from .mqtt_wire import WireClient
 
 log = get_logger("edged.mqtt")
 
@@ -37,8 +38,9 @@ def _quiet_paho(record: logging.LogRecord) -> bool:
     return not message.startswith(("Client is not connected", "failed to receive on socket"))
 
 
-class _Client(paho.Client):
-    """paho's client, remembering why the last connection attempt failed (paho drops it)."""
+class _Client(WireClient):
+    """paho's client (with edged's receive path), remembering why the last connection
+    attempt failed (paho drops it)."""
 
     last_error: BaseException | None = None
 
@@ -121,7 +123,7 @@ class MqttLink:
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
+        self.client.on_publish_fields = self._on_publish
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -227,21 +229,22 @@ class MqttLink:
             log.warning("mqtt_handshake_failed", host=cfg.host, port=cfg.port, reason=str(reason_code), hint=hint,
                         retry_max_s=cfg.reconnect_max_s)
 
-    def _on_message(self, client, userdata, msg) -> None:
-        props = getattr(msg, "properties", None) if self._is_request(msg.topic) else None
-        if props is None:  # sensor readings: the hot path, no property parsing
-            self._on_message_cb(RawMessage(msg.topic, msg.payload, time.time(), msg.qos, msg.mid, bool(msg.dup), bool(msg.retain)))
+    def _on_publish(self, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool, retain: bool,
+                    props: Properties | None) -> None:
+        topic = topic_bytes.decode("utf-8", "replace")  # brokers refuse invalid UTF-8 topics anyway
+        if props is None or not self._is_request(topic):  # sensor readings: the hot path
+            self._on_message_cb(RawMessage(topic, payload, time.time(), qos, mid, dup, retain))
             return
         correlation = getattr(props, "CorrelationData", None)
         self._on_message_cb(
             RawMessage(
-                topic=msg.topic,
-                payload=bytes(msg.payload),
+                topic=topic,
+                payload=payload,
                 received=time.time(),
-                qos=msg.qos,
-                mid=msg.mid,
-                dup=bool(msg.dup),
-                retain=bool(msg.retain),
+                qos=qos,
+                mid=mid,
+                dup=dup,
+                retain=retain,
                 response_topic=getattr(props, "ResponseTopic", None),
                 correlation_data=bytes(correlation) if correlation is not None else None,
                 user_properties=tuple(getattr(props, "UserProperty", ()) or ()),
