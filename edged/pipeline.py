@@ -51,10 +51,12 @@ from .windows import APPENDED, DUPLICATE, LATE, MetricStore
 
 log = get_logger("edged.pipeline")
 
-# State publishes per metric: a token bucket of 1 per second with a burst of 2, so a metric
-# reporting once a second (with jitter) is never delayed, and a faster one is coalesced.
-STATE_RATE_PER_S = 1.0
-STATE_BURST = 2.0
+# State publishes per metric: a token bucket of 2 per second with a burst of 3. A metric that
+# reports once a second (with jitter) is never delayed, even right after a faster spell (a
+# bucket refilled at exactly its reading rate would stay empty and delay every jittered
+# reading by up to a tick); one reporting faster than twice a second is coalesced.
+STATE_RATE_PER_S = 2.0
+STATE_BURST = 3.0
 TICK_S = 0.2
 SILENCE_CHECK_S = 0.5
 RECENT_EVENTS = 512
