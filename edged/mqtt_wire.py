@@ -10,7 +10,8 @@ the GIL, which the sensor lane is waiting for, so they cost far more than their 
 ``WireClient`` changes two things and leaves the protocol to paho:
 
 - reads come from a 64 KiB buffer filled by one ``recv``, and ``loop_read`` goes on while
-  the buffer holds bytes, so one wake-up handles hundreds of packets;
+  the buffer holds bytes, so one wake-up handles hundreds of packets (but reads the socket
+  only once, so that writes and pings are never starved by a flood);
 - QoS 0 and 1 PUBLISH packets are decoded here into plain fields and handed to
   ``on_publish_fields``; MQTTv5 properties are parsed (by paho) only when present.
   QoS 2 and everything else take paho's own path.
@@ -75,6 +76,7 @@ class WireClient(paho.Client):
         super().__init__(*args, **kwargs)
         self._rbuf = b""
         self._rpos = 0
+        self._reads_left = 1
 
     def reconnect(self):
         self._rbuf, self._rpos = b"", 0  # bytes of a dead connection must not reach the new one
@@ -85,6 +87,9 @@ class WireClient(paho.Client):
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._rpos >= len(self._rbuf):
+            if self._reads_left <= 0:
+                raise BlockingIOError  # paho keeps the partial packet and resumes after select()
+            self._reads_left -= 1
             chunk = super()._sock_recv(max(bufsize, READ_CHUNK))  # raises BlockingIOError when empty
             if len(chunk) <= bufsize:
                 self._rbuf, self._rpos = b"", 0
@@ -95,6 +100,9 @@ class WireClient(paho.Client):
         return self._rbuf[start:self._rpos]  # may be short: paho asks again for the rest
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # One socket read per call: under a flood the socket never runs dry, and paho's loop
+        # must still get round to its writes (states, PUBACKs) and keepalive pings.
+        self._reads_left = 1
         rc = super().loop_read(max_packets)
         # select() cannot see bytes already in the buffer: drain them before going back to it.
         while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._buffered() and self._sock is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import paho.mqtt.client as paho
 from hypothesis import given, settings
@@ -93,5 +94,45 @@ def test_burst_is_read_whole_and_in_order(broker):
             assert [m for m in got if m[2] == qos] == [m for m in expected if m[2] == qos]
     finally:
         for c in (pub, sub):
+            c.disconnect()
+            c.loop_stop()
+
+
+def test_a_flood_does_not_starve_outgoing_publishes(broker):
+    """The buffered reader must hand the loop back for writes while readings keep coming."""
+    received = threading.Event()
+    slow = WireClient(callback_api_version=CallbackAPIVersion.VERSION2, client_id="wire-slow")
+    slow.on_publish_fields = lambda *fields: time.sleep(0.0002)  # a consumer slower than the flood
+    subscribed = threading.Event()
+    slow.on_subscribe = lambda *a: subscribed.set()
+    slow.on_connect = lambda c, u, f, rc, p: c.subscribe("flood/#", qos=0)
+    watcher = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="wire-watch")
+    watcher.on_message = lambda c, u, m: received.set()
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("out/#", qos=0)
+    flooder = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="wire-flood")
+    stop = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            for _ in range(500):
+                flooder.publish("flood/x", b"1" * 40, qos=0)
+            time.sleep(0.001)
+
+    clients = (slow, watcher, flooder)
+    for c in clients:
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+    flood_thread = threading.Thread(target=flood, daemon=True)
+    try:
+        assert subscribed.wait(10)
+        wait_for(watcher.is_connected, 10, what="the watcher to connect")
+        flood_thread.start()
+        wait_for(lambda: slow._buffered() > 0, 10, what="a backlog in the reader's buffer")
+        slow.publish("out/state", b"still here", qos=0)
+        wait_for(received.is_set, 5, what="the publish made during the flood")
+    finally:
+        stop.set()
+        flood_thread.join(5)
+        for c in clients:
             c.disconnect()
             c.loop_stop()

@@ -900,7 +900,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--consumers", default="edged,bare", help="comma-separated: edged, bare")
     p.add_argument("--phases", default="latency,throughput", help="comma-separated: latency, throughput")
     p.add_argument("--publishers", type=int, default=2, help="publisher processes")
-    p.add_argument("--offered-rate", type=float, default=30000.0,
+    p.add_argument("--offered-rate", type=float, default=60000.0,
                    help="total readings/s offered in the throughput phase (well above what a Python consumer "
                         "takes); 0 = as fast as the broker takes them, which on 2 cores mostly measures how much "
                         "CPU the publishers and the broker take from the consumer")
