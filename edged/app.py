@@ -33,6 +33,9 @@ from .sdnotify import Notifier
 from .stats import Stats
 
 MIN_SNAPSHOT_GAP_S = 2.0
+# `online` waits for the command link's subscription, but not for ever: a broker that refuses
+# the second connection must not keep the node offline.
+COMMAND_LINK_GRACE_S = 5.0
 
 log = get_logger("edged.app")
 
@@ -47,6 +50,15 @@ class Daemon:
         detector = make_detector(settings.anomaly.detector, settings.anomaly.window, settings.anomaly.learning_readings,
                                  settings.anomaly.model_dir, settings.runtime)
         self.mqtt = MqttLink(settings, self.topics, self._on_message, self._on_connected)
+        self.mqtt.announce_on_connect = False  # see _announce_if_ready
+        self.mqtt.stale_filters = [self.topics.request_filter]  # requests moved to the command link
+        # Requests come on a connection of their own, so that they never queue behind a backlog
+        # of readings in the broker (a flood would otherwise delay them by seconds).
+        self.command_link = MqttLink(settings, self.topics, self._on_command_message, self._announce_if_ready,
+                                     primary=False)
+        self._announce_lock = threading.Lock()
+        self._announced_connect = 0
+        self._primary_connected_at = 0.0
         self.state_dir = Path(settings.node.state_dir)
         writable = self._state_dir_writable()
         spool = Spool(self.state_dir / "spool.sqlite", settings.durability.spool_max_messages) if writable else None
@@ -68,7 +80,7 @@ class Daemon:
         self._make_asker(settings)
         secret = settings.mqtt.request_secret
         auth = RequestAuth(secret.get_secret_value() if secret else None, settings.mqtt.request_window_s)
-        self.commands = CommandLane(self.topics, self.registry, self.publisher, self.stats, auth=auth)
+        self.commands = CommandLane(self.topics, self.registry, self._publish_reply, self.stats, auth=auth)
         self._stopping = threading.Event()
         self._hup = threading.Event()
         self.notifier = Notifier()
@@ -105,6 +117,7 @@ class Daemon:
 
     def _extra_stats(self) -> dict:
         extra = {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
+                 "commands_connected": self.command_link.connected.is_set(),
                  "commands_queue_depth": self.commands.queue_depth, "spool_depth": self.publisher.depth()}
         if self.cloud is not None:
             extra["cloud"] = self.cloud.counters()
@@ -113,23 +126,52 @@ class Daemon:
     # ------------------------------------------------------------------ routing (network thread)
     def _on_message(self, msg: RawMessage) -> None:
         if msg.topic.startswith(self.topics.request_prefix):
-            self.commands.offer(msg)
-        elif self.discovery.enabled and msg.topic == self.discovery.ha_status_topic:
+            return  # a subscription left in the persistent session by an older edged: the command link answers
+        if self.discovery.enabled and msg.topic == self.discovery.ha_status_topic:
             if not msg.retain:  # a retained "online" arrives on every connect, which re-announces anyway
                 self.discovery.on_ha_online(msg.payload)
         else:
             self.pipeline.offer(msg)
 
+    def _on_command_message(self, msg: RawMessage) -> None:
+        if msg.topic.startswith(self.topics.request_prefix):
+            self.commands.offer(msg)
+
     def _on_connected(self) -> None:
+        self._primary_connected_at = time.monotonic()
         self.pipeline.request_reannounce()
+        self._announce_if_ready()
+
+    def _announce_if_ready(self) -> None:
+        """`online` once per primary connection, after the command link has subscribed (or
+        after COMMAND_LINK_GRACE_S without it), so that a request sent on `online` is heard."""
+        with self._announce_lock:
+            connects = self.mqtt.connects
+            if not self.mqtt.connected.is_set() or self._announced_connect == connects:
+                return
+            waited = time.monotonic() - self._primary_connected_at
+            if not self.command_link.subscribed.is_set() and waited < COMMAND_LINK_GRACE_S:
+                return
+            if not self.command_link.subscribed.is_set():
+                log.warning("command_link_not_ready", waited_s=round(waited, 1),
+                            hint="online announced anyway; requests are not answered until the command link connects")
+            self._announced_connect = connects
+            self.mqtt.announce_online()
+
+    def _publish_reply(self, topic: str, payload: str | bytes, **kw) -> bool:
+        if self.command_link.connected.is_set():
+            return self.command_link.publish(topic, payload, **kw)
+        return self.publisher(topic, payload, **kw)  # spooled while the broker is away
 
     def wanted_subscriptions(self) -> dict[str, int]:
         qos = self.settings.mqtt.qos
         wanted = {f: qos for f in self.settings.sensors.topics}
-        wanted[self.topics.request_filter] = 1
         if self.discovery.enabled:
             wanted[self.discovery.ha_status_topic] = 1
         return wanted
+
+    def wanted_command_subscriptions(self) -> dict[str, int]:
+        return {self.topics.request_filter: 1}
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: object) -> None:
@@ -165,6 +207,7 @@ class Daemon:
         self.settings = new
         self.pipeline.apply_settings(new)
         self.mqtt.set_wanted(self.wanted_subscriptions())
+        self.command_link.set_wanted(self.wanted_command_subscriptions())
         log.info("reloaded", needs_restart=restart_needed or None)
 
     def install_signals(self) -> None:
@@ -193,7 +236,9 @@ class Daemon:
         for t in lanes:
             t.start()
         self.mqtt.set_wanted(self.wanted_subscriptions())
+        self.command_link.set_wanted(self.wanted_command_subscriptions())
         self.mqtt.start()
+        self.command_link.start()
         log.info("started", version=__version__, onnxruntime=self.ort_version, provider=self.settings.runtime.provider, node=self.topics.node, detector=self.pipeline.detector.name,
                  topics=self.settings.sensors.topics)
         self.start_metrics_server()
@@ -204,6 +249,7 @@ class Daemon:
         next_snapshot = time.monotonic() + self.settings.durability.snapshot_interval_s
         last_snapshot = -MIN_SNAPSHOT_GAP_S
         while not self._stopping.wait(0.25):
+            self._announce_if_ready()
             if self._hup.is_set():
                 self._hup.clear()
                 self.reload()
@@ -234,6 +280,7 @@ class Daemon:
             self.phraser.stop()
         self.save_snapshot()
         self.pipeline.publish_stats()
+        self.command_link.stop()
         self.mqtt.stop()
         if self.prom_server is not None:
             self.prom_server.close()

@@ -81,25 +81,38 @@ class MqttLink:
         topics: Topics,
         on_message: Callable[[RawMessage], None],
         on_connected: Callable[[], None] = lambda: None,
+        *,
+        primary: bool = True,
     ) -> None:
+        """``primary``: the node's session (persistent, LWT, ``online``). The other kind is the
+        command link: requests only, a session of its own that starts clean (a request left
+        from before a restart is not worth answering late), so that a request never waits
+        behind a backlog of readings on the primary connection."""
         self.settings = settings
+        self.primary = primary
         self.topics = topics
         self._on_message_cb = on_message
         self._on_connected_cb = on_connected
         self._wanted: dict[str, int] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # this connection's SUBACK arrived
+        # The primary link announces `online` itself unless the daemon takes that over (it
+        # waits for the command link's subscriptions, so a request sent on `online` is heard).
+        self.announce_on_connect = True
+        self.stale_filters: list[str] = []  # unsubscribed when the broker kept an old session
         self.connects = 0
         self.publish_failures = 0
         self._closing = False
         self._refused = False
         cfg = settings.mqtt
         self.v5 = cfg.protocol == "v5"
+        self.client_id = settings.client_id if primary else f"{settings.client_id}-commands"
         self.client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
+            client_id=self.client_id,
             protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
-            clean_session=None if self.v5 else False,
+            clean_session=None if self.v5 else not primary,
         )
         paho_logger = logging.getLogger("paho")
         paho_logger.setLevel(logging.DEBUG if settings.log.level == "debug" else logging.WARNING)
@@ -116,13 +129,15 @@ class MqttLink:
                 keyfile=cfg.key_file or None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        self.client.will_set(topics.status, "offline", qos=1, retain=True)
+        if primary:
+            self.client.will_set(topics.status, "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=max(1, math.ceil(cfg.reconnect_max_s)))
         self.client.max_queued_messages_set(cfg.max_queued_messages)
         self.client.max_inflight_messages_set(cfg.max_inflight_messages)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_publish_fields = self._on_publish
 
     # ------------------------------------------------------------------ lifecycle
@@ -131,16 +146,17 @@ class MqttLink:
         props = None
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = cfg.session_expiry_s
-        kwargs = {"clean_start": False, "properties": props} if self.v5 else {}
+            props.SessionExpiryInterval = cfg.session_expiry_s if self.primary else 0
+        kwargs = {"clean_start": not self.primary, "properties": props} if self.v5 else {}
         self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, **kwargs)
         self.client.loop_start()
-        log.info("mqtt_connecting", host=cfg.host, port=cfg.port, protocol=cfg.protocol, tls=cfg.tls,
-                 client_id=self.settings.client_id)
+        if self.primary:
+            log.info("mqtt_connecting", host=cfg.host, port=cfg.port, protocol=cfg.protocol, tls=cfg.tls,
+                     client_id=self.client_id)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish ``offline`` (retained), disconnect cleanly, keep the broker session."""
-        if self.connected.is_set():
+        if self.connected.is_set() and self.primary:
             info = self.client.publish(self.topics.status, "offline", qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
@@ -189,6 +205,8 @@ class MqttLink:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._refused = True  # the disconnect that follows is this refusal, already logged
+            if not self.primary:  # the primary link says so once per attempt; no second line
+                return
             log.warning("mqtt_refused", reason=str(reason_code), host=self.settings.mqtt.host,
                         hint=_refusal_hint(str(reason_code)))
             return
@@ -198,15 +216,36 @@ class MqttLink:
             wanted = list(self._wanted.items())
         # Subscribe before announcing `online`: the broker handles one connection's packets in
         # order, so whoever reacts to `online` finds the subscriptions already in place.
+        if self.stale_filters and getattr(flags, "session_present", False):
+            stale = [f for f in self.stale_filters if f not in dict(wanted)]
+            if stale:
+                client.unsubscribe(stale)
         if wanted:
             client.subscribe(wanted)
-        client.publish(self.topics.status, "online", qos=1, retain=True)
+        else:
+            self.subscribed.set()
+        if not self.primary:
+            log.info("mqtt_commands_connected", subscriptions=len(wanted), connects=self.connects)
+            return
+        if self.announce_on_connect:
+            self.announce_online()
         log.info("mqtt_connected", session_present=bool(getattr(flags, "session_present", False)),
                  subscriptions=len(wanted), connects=self.connects)
         self._on_connected_cb()
 
+    def announce_online(self) -> None:
+        self.client.publish(self.topics.status, "online", qos=1, retain=True)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if self.connected.is_set():
+            self.subscribed.set()
+            if not self.primary:
+                self._on_connected_cb()
+
     def _on_connect_fail(self, client, userdata) -> None:
         # paho retries with its capped backoff; this runs once per failed attempt.
+        if not self.primary:
+            return
         cfg = self.settings.mqtt
         error, hint = explain_connect_error(getattr(client, "last_error", None), cfg.host, cfg.port)
         log.warning("mqtt_connect_failed", host=cfg.host, port=cfg.port, error=error, hint=hint,
@@ -215,6 +254,12 @@ class MqttLink:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        self.subscribed.clear()
+        if not self.primary:
+            self._refused = False
+            if was and not self._closing:
+                log.info("mqtt_commands_disconnected", reason=str(reason_code))
+            return
         if was and not self._closing:
             log.warning("mqtt_disconnected", reason=str(reason_code))
         elif self._refused:
