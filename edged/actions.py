@@ -63,7 +63,9 @@ def register_core_actions(registry: ActionRegistry, pipeline: SensorPipeline, co
         if not isinstance(pattern, str):
             raise ActionError('"match" must be a glob string, e.g. "greenhouse/*"')
         with pipeline.lock:
-            items = [{"metric": pipeline.store.names[slot], **pipeline.state_payload(slot)}
+            # readings: how many were appended since the metric appeared (or its last reset)
+            items = [{"metric": pipeline.store.names[slot], **pipeline.state_payload(slot),
+                      "readings": int(pipeline.store.count[slot])}
                      for slot in pipeline.live_slots() if fnmatchcase(pipeline.store.names[slot], pattern)]
         return {"count": len(items), "metrics": items}
 

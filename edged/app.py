@@ -8,13 +8,14 @@ an invalid file is reported and the running config kept.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, runtime, snapshot
+from . import __version__, runtime, snapshot, wal
 from .actions import register_core_actions
 from .ask import Asker, make_cloud
 from .auth import RequestAuth
@@ -60,7 +61,14 @@ class Daemon:
         self._announced_connect = 0
         self._primary_connected_at = 0.0
         self.state_dir = Path(settings.node.state_dir)
+        self.strict = settings.durability.mode == "strict"
         writable = self._state_dir_writable()
+        if self.strict and not writable:
+            raise ConfigError(f"durability.mode = 'strict' needs a writable node.state_dir for its write-ahead log, "
+                              f"and {str(self.state_dir)!r} is not (see the state_dir_unavailable line); "
+                              f"fix the directory or set durability.mode = 'relaxed'")
+        self.wal_dir = self.state_dir / "wal" if writable else None
+        self.wal: wal.WalWriter | None = None  # strict: created in run(), after the replay
         spool = Spool(self.state_dir / "spool.sqlite", settings.durability.spool_max_messages) if writable else None
         self.publisher = Publisher(self.mqtt.publish, self.mqtt.connected.is_set, self.stats, spool)
         self.snapshot_path = self.state_dir / "state.npz" if writable else None
@@ -115,7 +123,7 @@ class Daemon:
         self.registry.register("ask", Asker(self.facts, self.cloud, settings.cloud, self.stats,
                                             settings.llm.answer_deadline_s, phraser=phraser, model_name=settings.llm.model))
 
-    def _extra_stats(self) -> dict:
+    def _extra_stats(self) -> dict:  # wal_* counters come through self.stats
         extra = {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
                  "commands_connected": self.command_link.connected.is_set(),
                  "commands_queue_depth": self.commands.queue_depth, "spool_depth": self.publisher.depth()}
@@ -126,16 +134,27 @@ class Daemon:
     # ------------------------------------------------------------------ routing (network thread)
     def _on_message(self, msg: RawMessage) -> None:
         if msg.topic.startswith(self.topics.request_prefix):
-            return  # a subscription left in the persistent session by an older edged: the command link answers
+            self._ack_now(msg)  # a subscription left in the persistent session by an older edged:
+            return  # the command link answers
         if self.discovery.enabled and msg.topic == self.discovery.ha_status_topic:
             if not msg.retain:  # a retained "online" arrives on every connect, which re-announces anyway
                 self.discovery.on_ha_online(msg.payload)
+            self._ack_now(msg)
+        elif self.wal is not None and msg.qos:
+            self.wal.submit(msg, self.mqtt.generation)  # acknowledged once durable (or redelivered)
         else:
             self.pipeline.offer(msg)
 
     def _on_command_message(self, msg: RawMessage) -> None:
         if msg.topic.startswith(self.topics.request_prefix):
             self.commands.offer(msg)
+
+    def _ack_now(self, msg: RawMessage) -> None:
+        if self.mqtt.manual_ack and msg.qos:
+            self.mqtt.ack(msg.mid, msg.qos, self.mqtt.generation)
+
+    def _ack_durable(self, msg: RawMessage, generation: int) -> None:
+        self.mqtt.ack(msg.mid, msg.qos, generation)
 
     def _on_connected(self) -> None:
         self._primary_connected_at = time.monotonic()
@@ -192,6 +211,8 @@ class Daemon:
         if new.node.id != self.settings.node.id or new.node.state_dir != self.settings.node.state_dir:
             restart_needed.append("node")
         restart_needed += [s for s in ("homeassistant", "metrics") if getattr(new, s) != getattr(self.settings, s)]
+        if new.durability.mode != self.settings.durability.mode:
+            restart_needed.append("durability")
         old = self.settings
         llm_changed = new.llm != old.llm or new.models != old.models
         self.settings = new  # the summary callback reads the current settings
@@ -216,31 +237,61 @@ class Daemon:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self.request_reload)
 
-    def save_snapshot(self) -> None:
+    def save_snapshot(self) -> bool:
         if self.snapshot_path is None:
-            return
+            return False
         try:
-            size = snapshot.save(self.snapshot_path, self.pipeline)
+            size, wal_seq = snapshot.save(self.snapshot_path, self.pipeline)
             self.stats.incr("snapshots")
-            log.debug("snapshot_saved", bytes=size)
+            log.debug("snapshot_saved", bytes=size, wal_seq=wal_seq)
         except OSError as exc:
             log.warning("snapshot_failed", path=str(self.snapshot_path), error=exc.strerror or str(exc))
+            return False
+        if self.wal is not None:
+            self.wal.checkpoint(wal_seq)  # the WAL up to wal_seq is in the snapshot now
+        return True
 
-    def run(self) -> int:
+    def recover(self) -> None:
+        """Snapshot first, then the WAL readings it does not cover, through the lane's own path."""
         if self.snapshot_path is not None:
             snapshot.restore(self.snapshot_path, self.pipeline)
+        if self.wal_dir is None:
+            return
+        covered = self.pipeline.applied_seq
+        found = wal.scan(self.wal_dir, repair=True)
+        published = max(found.applied, covered)
+        t0 = time.monotonic()
+        replayed = self.pipeline.replay(wal.read(found, after_seq=covered), published_through=published)
+        if replayed:
+            self.stats.incr("wal_replayed", replayed)
+            log.info("wal_replayed", readings=replayed, after_seq=covered, to_seq=self.pipeline.applied_seq,
+                     events_published_before=published, seconds=round(time.monotonic() - t0, 3))
+        if self.strict:
+            self.wal = wal.WalWriter(
+                self.wal_dir, state=found, next_seq=max(found.last_seq, covered) + 1, stats=self.stats,
+                deliver=self.pipeline.offer_durable, ack=self._ack_durable,
+                applied=lambda: self.pipeline.applied_seq, max_pending=wal.MAX_UNACKED,
+            )
+        elif found.segments and self.save_snapshot():
+            # relaxed after strict: the snapshot now holds what the WAL had; the WAL can go.
+            wal.remove_through(found, self.pipeline.applied_seq)
+
+    def run(self) -> int:
+        self.recover()
         lanes = [
             threading.Thread(target=self.pipeline.run, name="sensor-lane", daemon=True),
             threading.Thread(target=self.commands.run, name="command-lane", daemon=True),
         ]
         for t in lanes:
             t.start()
+        if self.wal is not None:
+            self.wal.start()
         self.mqtt.set_wanted(self.wanted_subscriptions())
         self.command_link.set_wanted(self.wanted_command_subscriptions())
         self.mqtt.start()
         self.command_link.start()
         log.info("started", version=__version__, onnxruntime=self.ort_version, provider=self.settings.runtime.provider, node=self.topics.node, detector=self.pipeline.detector.name,
-                 topics=self.settings.sensors.topics)
+                 topics=self.settings.sensors.topics, durability=self.settings.durability.mode)
         self.start_metrics_server()
         # Ready once the config is valid and the models are loaded; not waiting for the broker
         # (a Pi that boots before its broker must not be restarted in a loop).
@@ -271,11 +322,17 @@ class Daemon:
                 next_status = now + 5.0
         log.info("stopping")
         self.notifier.stopping()
+        if self.wal is not None:
+            # Readings still arriving are not acknowledged (the broker redelivers them next
+            # start); the pending ones are committed, acknowledged and handed to the lane.
+            self.wal.stop()
         self.pipeline.close_intake()
         self.pipeline.stop()
         self.commands.stop()
         for t in lanes:
             t.join(timeout=10)
+        if self.wal is not None:
+            self.wal.finish()
         if self.phraser is not None:
             self.phraser.stop()
         self.save_snapshot()
@@ -331,6 +388,10 @@ class Daemon:
         path = Path(self.settings.node.state_dir)
         try:
             path.mkdir(parents=True, exist_ok=True)
+            if self.strict:  # a directory that exists may still be read-only: try a file
+                probe = path / f".write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
             return True
         except OSError as exc:
             log.warning("state_dir_unavailable", path=str(path), error=exc.strerror)

@@ -152,7 +152,9 @@ class RuntimeSettings(Section):
 
 
 class DurabilitySettings(Section):
-    mode: Literal["relaxed"] = "relaxed"  # "strict" (WAL + manual acknowledgement) is not built yet
+    # relaxed: readings acknowledged on receipt, a crash loses what came since the last snapshot;
+    # strict: QoS 1 readings acknowledged only once in the write-ahead log, a crash loses none.
+    mode: Literal["relaxed", "strict"] = "relaxed"
     snapshot_interval_s: float = Field(300.0, ge=5, le=86400)
     spool_max_messages: int = Field(10000, ge=10, le=10_000_000)
 
@@ -247,6 +249,13 @@ class Settings(BaseModel):
                     "and would produce the same metric names"
                 )
             seen[prefix] = f
+        return self
+
+    @model_validator(mode="after")
+    def _strict_needs_qos1(self) -> "Settings":
+        if self.durability.mode == "strict" and self.mqtt.qos != 1:
+            raise ValueError("durability.mode = 'strict' needs mqtt.qos = 1: only QoS 1 readings are "
+                             "acknowledged and redelivered, QoS 0 ones cannot be made durable")
         return self
 
     # Derived values (not settings of their own).

@@ -87,7 +87,11 @@ intra_op_threads = 1
 log_severity = "warning"     # onnxruntime's own log level
 
 [durability]
-mode = "relaxed"             # readings acknowledged on receipt; a crash loses at most the last snapshot interval
+mode = "relaxed"             # relaxed: readings acknowledged on receipt; a crash loses at most the readings since the
+                             #   last snapshot (snapshot_interval_s). strict: a QoS 1 reading is acknowledged only once
+                             #   it is in the write-ahead log (<state_dir>/wal, group commit, one fsync for many), and
+                             #   replayed after a crash: a crash loses none. strict needs mqtt.qos = 1, a writable
+                             #   node.state_dir, and the broker session kept across restarts (as edged always asks)
 snapshot_interval_s = 300    # per-metric state is snapshotted this often (and at every clean stop)
 spool_max_messages = 10000   # events/replies held on disk while the broker is away; oldest dropped beyond
 

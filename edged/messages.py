@@ -55,6 +55,7 @@ class RawMessage:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
+    seq: int = 0  # strict durability: the reading's write-ahead-log sequence number (0: not logged)
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,14 @@ class MqttLink:
         self.publish_failures = 0
         self._closing = False
         self._refused = False
+        # strict durability: QoS 1 readings are acknowledged by the caller (ack), not on receipt.
+        # The command link carries no readings: it acknowledges on receipt.
+        self.manual_ack = primary and settings.durability.mode == "strict"
+        # Bumped on every connect and disconnect: an ack is only sent on the connection its
+        # message came in on (after a reconnect the broker redelivers, and a packet id of the
+        # old connection may name another message on the new one).
+        self.generation = 0
+        self._ack_lock = threading.Lock()
         cfg = settings.mqtt
         self.v5 = cfg.protocol == "v5"
         self.client_id = settings.client_id if primary else f"{settings.client_id}-commands"
@@ -113,6 +121,7 @@ class MqttLink:
             client_id=self.client_id,
             protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
             clean_session=None if self.v5 else not primary,
+            manual_ack=self.manual_ack,
         )
         paho_logger = logging.getLogger("paho")
         paho_logger.setLevel(logging.DEBUG if settings.log.level == "debug" else logging.WARNING)
@@ -147,6 +156,10 @@ class MqttLink:
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = cfg.session_expiry_s if self.primary else 0
+            if self.manual_ack:
+                # The broker may have at most this many QoS 1 messages unacknowledged towards us
+                # (the protocol's default is 65535): a bound on what waits for the WAL's commit.
+                props.ReceiveMaximum = cfg.max_inflight_messages
         kwargs = {"clean_start": not self.primary, "properties": props} if self.v5 else {}
         self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, **kwargs)
         self.client.loop_start()
@@ -201,6 +214,22 @@ class MqttLink:
             return False
         return True
 
+    # ------------------------------------------------------------------ acknowledgement (strict)
+    def ack(self, mid: int, qos: int, generation: int) -> bool:
+        """Acknowledge a QoS 1 message received on connection ``generation``; any thread. A
+        message from an earlier connection is not acknowledged: the broker redelivers it."""
+        if not self.manual_ack or qos == 0:
+            return True
+        with self._ack_lock:
+            if generation != self.generation:
+                return False
+            self.client.ack(mid, qos)
+        return True
+
+    def _next_generation(self) -> None:
+        with self._ack_lock:
+            self.generation += 1
+
     # ------------------------------------------------------------------ callbacks (network thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -210,6 +239,7 @@ class MqttLink:
             log.warning("mqtt_refused", reason=str(reason_code), host=self.settings.mqtt.host,
                         hint=_refusal_hint(str(reason_code)))
             return
+        self._next_generation()
         self.connects += 1
         self.connected.set()
         with self._lock:
@@ -252,6 +282,7 @@ class MqttLink:
                     retry_max_s=cfg.reconnect_max_s)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._next_generation()
         was = self.connected.is_set()
         self.connected.clear()
         self.subscribed.clear()

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -64,6 +64,8 @@ BATCH_MAX = 2048
 GATHER_S = 0.003
 BACKPRESSURE_MAX_S = 0.05
 CLOCK_WARNING_EVERY_S = 3600.0  # one "device clock ahead" warning an hour, however many readings
+REDELIVERY_KEYS = 4096  # recent (topic, mid, payload hash) identities kept for QoS 1 redeliveries
+SNAPSHOT_REDELIVERY_KEYS = 1024  # of those, the newest go into a snapshot (a redelivery is recent)
 
 
 class Publish(Protocol):
@@ -109,7 +111,15 @@ class SensorPipeline:
         self.lock = threading.RLock()  # held while state changes; the command lane reads under it
         self.clock = Clock(settings.node.clock)
         self.reporter = RejectionReporter()
-        self._queue: deque[RawMessage] = deque(maxlen=settings.sensors.queue_size)
+        # strict durability: a reading in the queue may already be acknowledged (it is in the
+        # WAL), so a full queue is never relieved by evicting the oldest: the WAL writer waits
+        # (offer_durable), and a QoS 0 reading that finds the queue full is the one dropped.
+        self.lossless = settings.durability.mode == "strict"
+        self._queue_max = settings.sensors.queue_size
+        self._queue: deque[RawMessage] = deque(maxlen=None if self.lossless else self._queue_max)
+        self.applied_seq = 0  # the highest WAL seq the lane has processed (strict; restored from the snapshot)
+        self._replaying = False  # WAL replay at start: no state publishes (re-announced on connect)
+        self._replay_silent = False  # ... and these readings' events were published before the crash
         self._high_water = max(1, settings.sensors.queue_size // 4)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -173,11 +183,23 @@ class SensorPipeline:
             deadline = time.monotonic() + BACKPRESSURE_MAX_S
             while len(self._queue) > self._high_water and time.monotonic() < deadline and self._intake_open:
                 time.sleep(0.0005)
-        if len(self._queue) == self._queue.maxlen:
+        if len(self._queue) >= self._queue_max:
             self.stats.incr("dropped")
-        self._queue.append(msg)
+            if self.lossless:
+                return  # strict: drop this (QoS 0) reading rather than evict a durable one
+        self._queue.append(msg)  # relaxed: the deque's maxlen evicts the oldest
         if not self._wake.is_set():  # set() takes a lock; skip it when the lane is already woken
             self._wake.set()
+
+    def offer_durable(self, msgs: list[RawMessage]) -> None:
+        """The WAL writer's hand-over (strict): never drops; waits while the queue is full, so
+        acknowledgements stop and the broker's in-flight window holds further readings back."""
+        for msg in msgs:
+            while len(self._queue) >= self._queue_max and self._intake_open:
+                self._wake.set()
+                time.sleep(0.001)
+            self._queue.append(msg)
+        self._wake.set()
 
     @property
     def queue_depth(self) -> int:
@@ -256,12 +278,28 @@ class SensorPipeline:
         if msg.dup and key in self._redeliveries:
             return True
         self._redeliveries[key] = None
-        if len(self._redeliveries) > 4096:
+        if len(self._redeliveries) > REDELIVERY_KEYS:
             self._redeliveries.popitem(last=False)
         return False
 
+    def redelivery_keys(self, limit: int = SNAPSHOT_REDELIVERY_KEYS) -> list[list]:
+        """The newest identities, JSON-ready, for the snapshot: a reading the snapshot covers may
+        still be redelivered when its acknowledgement was lost in the crash."""
+        keys = list(self._redeliveries)[-limit:]
+        return [[topic, mid, digest.hex()] for topic, mid, digest in keys]
+
+    def restore_redelivery_keys(self, keys: list) -> None:
+        for key in keys[-REDELIVERY_KEYS:]:
+            try:
+                topic, mid, digest = key
+                self._redeliveries[(str(topic), int(mid), bytes.fromhex(digest))] = None
+            except (TypeError, ValueError):
+                continue  # a malformed entry only weakens duplicate detection; never a failed start
+
     def reject(self, topic: str, rejection: Rejection, now: float) -> None:
         self.stats.reject(rejection.reason)
+        if self._replay_silent:
+            return  # reported before the crash
         if rejection.reason == "ts_in_future" and now - self._clock_warned > CLOCK_WARNING_EVERY_S:
             self._clock_warned = now
             log.warning("device_clock_ahead", topic=topic[:200], detail=rejection.detail,
@@ -276,7 +314,10 @@ class SensorPipeline:
         now = time.time()
         per_slot: dict[int, list[_Scored]] = {}
         with self.lock:
+            seq = 0
             for msg in batch:
+                if msg.seq:
+                    seq = msg.seq  # the writer hands readings over in seq order
                 metric = self._metric_of(msg.topic)
                 if metric is None:
                     continue
@@ -307,6 +348,32 @@ class SensorPipeline:
             depth = max((len(v) for v in per_slot.values()), default=0)
             for k in range(depth):
                 self._score_round([v[k] for v in per_slot.values() if len(v) > k])
+            if seq > self.applied_seq:
+                self.applied_seq = seq  # under the lock: a snapshot sees state and seq together
+
+    def replay(self, messages: Iterable[RawMessage], published_through: int) -> int:
+        """Re-apply WAL readings at start, before the lane and MQTT start, through the same
+        decode/apply path. Readings with seq <= ``published_through`` had been applied before
+        the crash: their events were published then and are not published again (an episode
+        they open is restored as announced, so its `end` still goes out). Later readings' events
+        are published (spooled until the broker connects). States are re-announced on connect."""
+        count = 0
+        batch: list[RawMessage] = []
+        self._replaying = True
+        try:
+            for msg in messages:
+                silent = msg.seq <= published_through
+                if batch and (silent != self._replay_silent or len(batch) >= BATCH_MAX):
+                    self.process(batch)
+                    batch = []
+                self._replay_silent = silent
+                batch.append(msg)
+                count += 1
+            if batch:
+                self.process(batch)
+        finally:
+            self._replaying = self._replay_silent = False
+        return count
 
     def _new_metric(self, slot: int, metric: str) -> None:
         rule = self.settings.override_for(metric)
@@ -368,6 +435,8 @@ class SensorPipeline:
             if state.muted_until and state.muted_until > self.clock.now():
                 state.status = MUTED
             self._emit(events)
+            if self._replaying:
+                continue
             if self._take_token(slot, mono):
                 self._publish_state(slot, mono)
                 self.stats.ingest_latency.add(time.time() - item.received)
@@ -415,6 +484,9 @@ class SensorPipeline:
                 self.stats.incr("events_muted")
                 continue
             payload = ev.payload()
+            if self._replay_silent:  # WAL replay: published before the crash
+                self.recent_events.append(payload)
+                continue
             self.publish(self.topics.anomaly(ev.episode.metric), json.dumps(payload),
                          qos=self.settings.mqtt.qos, retain=False)
             self.recent_events.append(payload)

@@ -1,8 +1,10 @@
 """Per-metric state snapshots: written atomically, restored at start.
 
 One ``.npz`` file holds the store's arrays (rings and history buckets) and a JSON document
-with the names, units, decisions (statuses, open episodes), recent events and the data
-clock. It is written to a temporary file, fsynced and renamed over the old one, so a crash
+with the names, units, decisions (statuses, open episodes), recent events, the data
+clock, and for strict durability the WAL sequence number it covers (every reading up to it
+is in the state; the WAL before it can go) plus the newest QoS 1 redelivery identities. It
+is written to a temporary file, fsynced and renamed over the old one, so a crash
 leaves either the old or the new snapshot. A snapshot that cannot be read, or that was
 written by another format version or window size, is set aside with a warning — never a
 crash loop — and the daemon starts fresh.
@@ -47,8 +49,9 @@ def _episode_from_json(data: dict | None) -> Episode | None:
     return Episode(**data, baseline=Baseline(base["median"], base["p05"], base["p95"]) if base else None)
 
 
-def save(path: Path, pipeline) -> int:
-    """Write the pipeline's state to ``path`` atomically; returns bytes written."""
+def save(path: Path, pipeline) -> tuple[int, int]:
+    """Write the pipeline's state to ``path`` atomically; returns (bytes written, the WAL
+    sequence number the snapshot covers)."""
     with pipeline.lock:
         store = pipeline.store
         n = len(store.names)
@@ -76,7 +79,10 @@ def save(path: Path, pipeline) -> int:
             "recent_events": list(pipeline.recent_events),
             "data_now": pipeline.clock.data_now if np.isfinite(pipeline.clock.data_now) else None,
             "detector": pipeline.detector.name,
+            "wal_seq": pipeline.applied_seq,
+            "redeliveries": pipeline.redelivery_keys(),
         }
+        wal_seq = pipeline.applied_seq
         state_fn = getattr(pipeline.detector, "state_dict", None)
         if state_fn is not None:
             for key, value in state_fn(n).items():
@@ -96,7 +102,7 @@ def save(path: Path, pipeline) -> int:
         os.fsync(dir_fd)  # the rename itself must survive a power cut
     finally:
         os.close(dir_fd)
-    return len(data)
+    return len(data), wal_seq
 
 
 def _load(path: Path, pipeline) -> dict:
@@ -116,6 +122,11 @@ def _load(path: Path, pipeline) -> dict:
         raise SnapshotError(f"window/history layout changed (snapshot window {meta['window']}, now {store.window})")
     if len(meta["names"]) > store.max_metrics:
         raise SnapshotError(f"{len(meta['names'])} metrics > sensors.max_metrics = {store.max_metrics}")
+    wal_seq = meta.get("wal_seq", 0)
+    if isinstance(wal_seq, bool) or not isinstance(wal_seq, int) or wal_seq < 0:
+        raise SnapshotError(f"bad wal_seq {wal_seq!r}")
+    if not isinstance(meta.get("redeliveries", []), list):
+        raise SnapshotError("bad redeliveries list")
     meta["arrays"] = arrays
     return meta
 
@@ -157,11 +168,14 @@ def restore(path: Path, pipeline) -> int:
             ))
         pipeline.after_restore()
         pipeline.recent_events.extend(meta["recent_events"])
+        pipeline.applied_seq = meta.get("wal_seq", 0)  # absent in snapshots of older builds
+        pipeline.restore_redelivery_keys(meta.get("redeliveries") or [])
         if meta["data_now"] is not None:
             pipeline.clock.observe(float(meta["data_now"]))
         loader = getattr(pipeline.detector, "load_state_dict", None)
         detector_state = {k[len("detector_"):]: v for k, v in arrays.items() if k.startswith("detector_")}
         if loader is not None and detector_state and meta["detector"] == pipeline.detector.name:
             loader(detector_state)
-    log.info("snapshot_restored", path=str(path), metrics=len(store.index), age_s=round(time.time() - meta["saved_at"], 1))
+    log.info("snapshot_restored", path=str(path), metrics=len(store.index), age_s=round(time.time() - meta["saved_at"], 1),
+             wal_seq=pipeline.applied_seq)
     return len(store.index)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import wait_for
+from conftest import latest_stats, wait_for, wait_subscribed
+from edged import wal
+from edged.messages import RawMessage
 from test_daemon_e2e import publish_series
 
 
@@ -96,3 +101,175 @@ def test_events_during_broker_outage_are_spooled_and_flushed(own_broker, daemon_
     finally:
         sub.disconnect()
         sub.loop_stop()
+
+
+# --------------------------------------------------------------------------- strict durability (WAL)
+
+STRICT = '[durability]\nmode = "strict"\n'
+
+
+class Relay:
+    """A TCP relay between the daemon and the broker that can swallow everything the daemon
+    sends (its PUBACKs among it): the broker then never learns that readings were acknowledged,
+    and redelivers them when the daemon's session resumes — as after a crash between the WAL
+    commit and the acknowledgement reaching the broker."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.swallow = threading.Event()
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._socks += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_daemon: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if not (from_daemon and self.swallow.is_set()):
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self._socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+
+def _wal_payloads(state_dir: Path) -> dict[tuple[str, bytes], int]:
+    """(topic, payload) → seq of every reading in the WAL on disk (read-only scan)."""
+    return {(m.topic, m.payload): m.seq for m in wal.read(wal.scan(state_dir / "wal"))}
+
+
+def test_strict_sigkill_loses_nothing_and_redeliveries_apply_once(broker, daemon_factory, probe_factory, tmp_path):
+    relay = Relay(broker.port)
+    try:
+        d = daemon_factory(relay.port, STRICT)
+        probe = probe_factory(broker.port)
+        probe.subscribe(f"{d.root}/#")
+        probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online")
+        wait_subscribed(probe, d.root)
+
+        # Phase 1, acknowledged as usual: timestamped readings opening an episode (announced live),
+        # and bare numbers (identified by topic, packet id and payload hash).
+        ts = publish_series(probe, "sensors/boiler/temp", [60 + (i % 4) * 0.5 for i in range(40)])
+        publish_series(probe, "sensors/boiler/temp", [95.0], start=ts)
+        for i in range(10):
+            probe.publish("sensors/porch/lux", str(100 + i))
+        start = probe.wait_topic(f"{d.root}/anomaly/boiler/temp", lambda m: m.json()["event"] == "start").json()
+        latest_stats(probe, d.root, lambda s: s.get("wal_records", 0) >= 51 and s.get("scored", 0) >= 51)
+
+        # Phase 2: the broker never gets the acknowledgements (16 < Mosquitto's in-flight window of 20).
+        relay.swallow.set()
+        phase2 = [("sensors/porch/lux", str(200 + i).encode()) for i in range(8)]
+        phase2 += [("sensors/attic/temp", json.dumps({"value": 15 + i * 0.1, "ts": ts + 10 + i}).encode()) for i in range(8)]
+        for topic, payload in phase2:
+            probe.publish(topic, payload)
+        state_dir = tmp_path / "state"
+        # Durable, and applied by the lane (its `applied` mark on disk): then kill.
+        wait_for(lambda: all(k in _wal_payloads(state_dir) for k in phase2), what="phase 2 in the WAL")
+        last_seq = max(_wal_payloads(state_dir)[k] for k in phase2)
+        wait_for(lambda: wal.scan(state_dir / "wal").applied >= last_seq, what="the lane's applied mark")
+        assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+        relay.close()
+        probe.clear()
+
+        d2 = daemon_factory(broker.port, STRICT, node=d.node)  # same node, same state_dir; no relay
+        replayed = d2.wait_log("wal_replayed")
+        assert replayed["readings"] >= 16
+        probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online")
+        # The broker redelivers the 16 unacknowledged readings (dup flag): recognised, not applied again.
+        latest_stats(probe, d.root, lambda s: s.get("duplicates", 0) >= 16, timeout=20)
+        metrics = _metrics(probe, d2)
+        assert metrics["boiler/temp"]["readings"] == 41 and metrics["boiler/temp"]["value"] == 95.0
+        assert metrics["boiler/temp"]["status"] == "anomalous"
+        assert metrics["porch/lux"]["readings"] == 18 and metrics["porch/lux"]["value"] == 207.0
+        assert metrics["attic/temp"]["readings"] == 8 and metrics["attic/temp"]["value"] == 15.7
+        # The episode announced before the crash is not announced again.
+        assert not [m for m in probe.on(f"{d.root}/anomaly/") if m.json()["event"] == "start"]
+        status = d2.wait_log("snapshot_restored")
+        assert status["wal_seq"] <= last_seq
+
+        # A clean stop leaves a snapshot that covers everything, and no WAL to replay.
+        assert d2.stop(signal.SIGTERM) == 0
+        assert wal.scan(state_dir / "wal").readings == 0
+        assert start["id"]
+    finally:
+        relay.close()
+
+
+def _segment(first: int, readings: list[RawMessage]) -> bytes:
+    return wal.encode_header(first) + b"".join(wal.encode_reading(first + i, m) for i, m in enumerate(readings))
+
+
+def test_strict_torn_tail_ignored_and_garbage_segment_set_aside(broker, daemon_factory, probe_factory, tmp_path):
+    wal_dir = tmp_path / "state" / "wal"
+    wal_dir.mkdir(parents=True)
+    now = time.time()
+    readings = [RawMessage("sensors/cellar/temp", f"{11 + i}".encode(), now - 10 + i, qos=1, mid=i + 1) for i in range(3)]
+    torn = wal.encode_reading(4, RawMessage("sensors/cellar/temp", b"99", now, qos=1, mid=4))[:-5]
+    (wal_dir / wal.segment_name(1)).write_bytes(_segment(1, readings) + torn)
+    (wal_dir / wal.segment_name(50)).write_bytes(b"\x00garbage, not a write-ahead log segment" * 20)
+
+    d = daemon_factory(broker.port, STRICT)
+    assert d.wait_log("wal_torn_tail")["ignored_bytes"] == len(torn)
+    assert "bad magic" in d.wait_log("wal_set_aside")["reason"]
+    assert d.wait_log("wal_replayed")["readings"] == 3
+    d.wait_log("mqtt_connected")
+    assert list(wal_dir.glob(f"{wal.segment_name(50)}.bad-*"))
+    probe = probe_factory(broker.port)
+    probe.subscribe(f"{d.root}/response/#")
+    cellar = _metrics(probe, d)["cellar/temp"]
+    assert cellar["readings"] == 3 and cellar["value"] == 13.0  # the torn fourth is not there
+    assert d.stop() == 0
+
+
+def test_strict_refuses_an_unwritable_state_dir(broker, daemon_factory, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    d = daemon_factory(broker.port, STRICT, env={"EDGED_NODE__STATE_DIR": str(blocker / "state")})
+    assert d.proc.wait(30) == 2
+    out = d.log_path.read_text()
+    assert "durability.mode" in out and "state_dir" in out and "Traceback" not in out
+
+
+def test_relaxed_keeps_no_wal_and_a_sigkill_loses_the_unsnapshotted(broker, daemon_factory, probe_factory, tmp_path):
+    d = daemon_factory(broker.port)  # relaxed (the default), snapshot every 300 s
+    probe = probe_factory(broker.port)
+    probe.subscribe(f"{d.root}/#")
+    probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online")
+    wait_subscribed(probe, d.root)
+    for i in range(5):
+        probe.publish("sensors/shed/temp", str(10 + i))
+    stats = latest_stats(probe, d.root, lambda s: s.get("scored", 0) >= 5)
+    assert not any(k.startswith("wal_") for k in stats)
+    assert not (tmp_path / "state" / "wal").exists()
+    assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+    probe.clear()
+    d2 = daemon_factory(broker.port, node=d.node)
+    probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online")
+    wait_subscribed(probe, d.root)
+    # Acknowledged on receipt and never snapshotted: gone, and the broker has nothing to redeliver.
+    assert "shed/temp" not in _metrics(probe, d2)
+    assert d2.stop() == 0

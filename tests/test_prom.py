@@ -279,3 +279,12 @@ def test_daemon_serves_its_stats(broker, daemon_factory, probe_factory):
     assert value(s, "edged_mqtt_connected") == 1
     assert value(s, "edged_metrics") >= 1
     assert d.stop() == 0
+
+
+def test_wal_counters_are_counters(serve):
+    """Strict durability's counters: totals, `wal_bytes` included despite its _bytes suffix."""
+    _, s, types = scrape(serve(lambda: {"ts": 1.0, "wal_records": 50, "wal_fsyncs": 4, "wal_bytes": 3000,
+                                        "wal_replayed": 7}))
+    assert value(s, "edged_wal_records_total") == 50 and value(s, "edged_wal_fsyncs_total") == 4
+    assert value(s, "edged_wal_bytes_total") == 3000 and value(s, "edged_wal_replayed_total") == 7
+    assert types["edged_wal_bytes"] == "counter"
