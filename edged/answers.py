@@ -516,7 +516,7 @@ def _anomaly_lines(plan: Plan, fs: Any, facts: list[dict]) -> list[str]:
 def _episode_line(e: dict) -> str:
     """One anomaly episode: when it started, whether it is still open, and its summary."""
     state = "still open" if e["open"] else "ended"
-    return f"{e['metric']}: {e['type']} anomaly from {fmt_clock(e['start'])} ({state}): {e['summary']}"
+    return f"{e['metric']}: {e['type']} anomaly from {fmt_clock(e.get('onset', e['start']))} ({state}): {e['summary']}"
 
 
 def _stale_lines(plan: Plan, fs: Any, facts: list[dict]) -> list[str]:

@@ -114,7 +114,7 @@ class Daemon:
             self.publisher(self.topics.anomaly(event["metric"]), json.dumps(payload), qos=self.settings.mqtt.qos)
             self.stats.incr("events_summary")
 
-        facts = {k: event[k] for k in ("metric", "value", "peak", "baseline", "unit", "direction", "duration_s", "start")}
+        facts = {k: event[k] for k in ("metric", "value", "peak", "baseline", "unit", "direction", "duration_s", "start", "onset")}
         self.phraser.submit_summary(event["summary"], facts, done, timeout_s=self.settings.llm.summary_timeout_s)
 
     def _make_asker(self, settings: Settings) -> None:

@@ -28,7 +28,7 @@ MAX_QUESTION_CHARS = 1000
 SHARE_FIELDS = {
     "metric_names": {"kind", "metric", "unit", "status", "window", "type"},
     "current_values": {"value", "ts", "age_s"},
-    "anomaly_summaries": {"summary", "start", "open", "direction"},
+    "anomaly_summaries": {"summary", "start", "onset", "open", "direction"},
     "statistics": {"min", "max", "mean", "last", "count", "since", "until", "peak", "per_hour"},
 }
 SYSTEM_PROMPT = (
@@ -94,7 +94,8 @@ class Asker:
             "answer": text,
             "source": source,
             "model": model,
-            "latency_ms": round((time.monotonic() - t0) * 1000, 1),
+            # request received (the MQTT thread's receipt) → reply ready to publish, as the issue defines it
+            "latency_ms": round(max(time.time() - request.received, time.monotonic() - t0) * 1000, 1),
             "facts": facts,
             "route_reason": reason,
             "intent": plan.intent,

@@ -51,10 +51,16 @@ class Episode:
     unit: str | None = None
     expected_interval_s: float | None = None
     announced: bool = True  # False when the start fell in a mute: its end is not published either
+    onset_ts: float | None = None  # when the excursion began, if before the reading that started the episode
+
+    @property
+    def since_ts(self) -> float:
+        """The episode's beginning as a person would say it: the onset, else the start."""
+        return self.onset_ts if self.onset_ts is not None else self.start_ts
 
     @property
     def duration_s(self) -> float:
-        return max(0.0, self.last_ts - self.start_ts)
+        return max(0.0, self.last_ts - self.since_ts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,7 @@ class Event:
             "metric": ep.metric,
             "ts": round(self.ts, 3),
             "start": round(ep.start_ts, 3),
+            "onset": round(ep.since_ts, 3),
             "score": _finite(ep.score),
             "value": _finite(ep.value),
             "peak": _finite(ep.peak),
@@ -152,8 +159,12 @@ def summarize(event: str, ep: Episode) -> str:
             f"{ep.metric} is back to normal at {fmt_value(ep.value, ep.unit)} after "
             f"{fmt_duration(ep.duration_s)} ({peak_word} {fmt_value(ep.peak, ep.unit)}{typical and ', ' + typical[2:-1]})."
         )
+    since = ""
+    if ep.onset_ts is not None and fmt_clock(ep.onset_ts) != fmt_clock(ep.start_ts):
+        moving = {"up": "rising", "down": "falling"}.get(ep.direction, "changing")
+        since = f", {moving} since {fmt_clock(ep.onset_ts)}"
     so_far = f", {fmt_duration(ep.duration_s)} so far" if ep.duration_s >= 1 else ""
-    return f"{ep.metric} {verb} {fmt_value(ep.value, ep.unit)}{typical} at {fmt_clock(ep.start_ts)}{so_far}."
+    return f"{ep.metric} {verb} {fmt_value(ep.value, ep.unit)}{typical} at {fmt_clock(ep.start_ts)}{since}{so_far}."
 
 
 # --------------------------------------------------------------------------- state machine
@@ -188,8 +199,11 @@ def decide_value(
     end_after: int,
     context: np.ndarray,
     unit: str | None,
+    context_ts: np.ndarray | None = None,
 ) -> list[Event]:
-    """Advance one metric by one scored reading."""
+    """Advance one metric by one scored reading. ``context`` (and ``context_ts``, their times)
+    are the readings before this one, oldest first; with the times, an episode's onset is
+    traced back to where the excursion began (see :func:`onset`)."""
     events: list[Event] = []
     state.last_score = score
     if state.silence is not None:  # a reading ends a silence episode
@@ -208,6 +222,8 @@ def decide_value(
             if baseline:
                 direction = "up" if value > baseline.median else "down" if value < baseline.median else "none"
             ep = Episode(episode_id(state.metric, "value", ts), "value", state.metric, ts, baseline, direction, value, value, score, ts, unit)
+            if context_ts is not None:
+                ep.onset_ts = onset(context, context_ts, direction)
             state.episode, state.below = ep, 0
             events.append(Event("start", ep, ts, summarize("start", ep)))
     else:
@@ -221,6 +237,28 @@ def decide_value(
             state.episode, state.below = None, 0
     state.status = ANOMALOUS if state.episode else OK
     return events
+
+
+def onset(context: np.ndarray, context_ts: np.ndarray, direction: str) -> float | None:
+    """When the excursion that just started an episode began: the first of the run of readings
+    right before it that already lay beyond the context's median by more than its noise
+    (1.4826 MAD), in the episode's direction. A detector fires some readings into a gradual
+    rise; a person asking "when did it start" means where it left its usual level. None when
+    the reading before was not part of the excursion (a step, a spike, a door)."""
+    if direction not in ("up", "down") or len(context) == 0:
+        return None
+    keep = np.isfinite(context) & np.isfinite(context_ts)
+    c, t = context[keep], context_ts[keep]
+    if len(c) < 3:
+        return None
+    med = float(np.median(c))
+    noise = 1.4826 * float(np.median(np.abs(c - med)))
+    beyond = c > med + noise if direction == "up" else c < med - noise
+    if not beyond[-1]:
+        return None
+    inside = np.flatnonzero(~beyond)
+    first = int(inside[-1]) + 1 if len(inside) else 0
+    return float(t[first])
 
 
 def decide_silence(

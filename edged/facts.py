@@ -109,12 +109,13 @@ class Facts:
         for e in reversed(events):
             if e["event"] != "start" or (metric and e["metric"] != metric):
                 continue
-            if not (window.since <= e["start"] <= window.until or e["id"] in open_ids):
+            since = e.get("onset", e["start"])  # where the excursion began (events before onsets: the start)
+            if not (window.since <= since <= window.until or e["id"] in open_ids):
                 continue
             end = ended.get(e["id"])
             out.append({
                 "kind": "anomaly", "metric": e["metric"], "id": e["id"], "type": e["kind"],
-                "start": e["start"], "open": e["id"] in open_ids, "direction": e["direction"],
+                "start": e["start"], "onset": since, "open": e["id"] in open_ids, "direction": e["direction"],
                 "value": shown(e["value"]) if e["value"] is not None else None,
                 "peak": shown(end["peak"]) if end and end["peak"] is not None else shown(e["peak"]) if e["peak"] is not None else None,
                 "unit": e["unit"], "summary": (end or e)["summary"],

@@ -431,6 +431,7 @@ class SensorPipeline:
                 end_after=self.settings.anomaly.end_after,
                 context=win_vals[row, :-1],
                 unit=self.store.units[slot],
+                context_ts=win_times[row, :-1],
             )
             if state.muted_until and state.muted_until > self.clock.now():
                 state.status = MUTED

@@ -95,7 +95,7 @@ def test_question_set_over_mqtt(scenario_daemon, evalq, fake_openai):  # noqa: F
               f"template p50 {statistics.median(local_ms):.1f} ms in the daemon")
     print(report)
     assert routing >= 0.90, report
-    assert right >= 0.85, report  # the 0.95 is not reached yet: see docs/QUESTIONS.md
+    assert right >= 0.95, report  # the bar (97.5 % measured; the misses: docs/QUESTIONS.md)
     assert not [r for r in rows if r["invented"]], [(r["q"]["id"], r["invented"]) for r in rows if r["invented"]]
     assert statistics.median(local_ms) < 100, report
     cloud_rows = [r for r in rows if r["route"] == "cloud"]
