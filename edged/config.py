@@ -129,7 +129,7 @@ class SensorSettings(Section):
 
 class AnomalySettings(Section):
     threshold: float = Field(0.5, gt=0, lt=1)
-    detector: Literal["zscore", "model"] = "zscore"
+    detector: Literal["zscore", "model"] = "model"
     model_dir: str = ""
     window: int = Field(64, ge=8, le=4096)
     learning_readings: int = Field(30, ge=5)

@@ -73,8 +73,9 @@ min_silence_s = 30           # ... but never sooner than this for a learned inte
 
 [anomaly]
 threshold = 0.5              # on the detector's anomaly score in [0, 1]
-detector = "zscore"          # or "model": the ONNX window-encoder detector (docs/ANOMALY.md)
-model_dir = ""               # for detector = "model": a directory with a manifest; empty: the committed model
+detector = "model"           # the int8 ONNX window-encoder detector (docs/ANOMALY.md); or "zscore": the
+                             # built-in robust z-score (learns in learning_readings, no model file)
+model_dir = ""               # for detector = "model": a directory with a manifest; empty: the bundled model
 window = 64                  # readings per metric the detector sees
 learning_readings = 30       # a metric is "learning" (no events) until it has this many
 end_after = 3                # readings below the end level that close an episode

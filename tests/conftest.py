@@ -203,11 +203,19 @@ class Daemon:
     """`edged run` as a real subprocess with its own config file."""
 
     def __init__(self, tmp: Path, port: int, extra: str = "", node: str | None = None, env: dict | None = None,
-                 clock: str = "data", mqtt_extra: str = "") -> None:
+                 clock: str = "data", mqtt_extra: str = "", detector: str | None = "zscore") -> None:
+        """``detector``: the pipeline-semantics tests here run the built-in z-score, which learns in
+        ``learning_readings`` (30) readings, so a test needs tens of readings, not the model
+        detector's 150 readings and one day of data time; the model detector (the product default)
+        has its own e2e tests (tests/test_anomaly_e2e.py), which pass ``detector=None``."""
         self.node = node or f"t{uuid.uuid4().hex[:8]}"
         self.tmp = tmp
         self.config = tmp / f"{self.node}.toml"
         self.log_path = tmp / f"{self.node}.log"
+        if detector is not None:
+            line = f'detector = "{detector}"\n'
+            extra = extra.replace("[anomaly]\n", "[anomaly]\n" + line, 1) if "[anomaly]\n" in extra \
+                else f"{extra}\n[anomaly]\n{line}"
         self.config.write_text(
             f'[node]\nid = "{self.node}"\nstate_dir = "{tmp / "state"}"\nstats_interval_s = 1\nclock = "{clock}"\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_max_s = 1\n{mqtt_extra}\n{extra}\n'

@@ -92,3 +92,42 @@ def test_replay_with_the_model_writes_nab_results(tmp_path, edged_cli):
     rows = list(csv.reader(open(tmp_path / "out" / "sub" / "s.csv")))
     assert rows[0] == ["timestamp", "value", "anomaly_score"] and len(rows) == 601
     assert all(0.0 <= float(r[2]) <= 1.0 for r in rows[1:])
+
+
+def test_models_list_and_verify_see_the_anomaly_models(tmp_path, edged_cli):
+    bad = tmp_path / "other-model"
+    shutil.copytree(MODEL_DIR, bad)
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(f'[node]\nstate_dir = "{tmp_path / "state"}"\n[anomaly]\nmodel_dir = "{bad}"\n')
+    import json
+
+    rows = json.loads(edged_cli("models", "list", "--json", "--config", str(cfg)).stdout)
+    anomaly = [r for r in rows if r.get("kind") == "anomaly"]
+    assert [r["in_use"] for r in anomaly] == [False, True] and all(r["installed"] for r in anomaly)
+    assert anomaly[0]["name"] == "edged-anomaly-mlp" and anomaly[1]["path"] == str(bad)
+    ok = edged_cli("models", "verify", "--config", str(cfg))
+    assert ok.returncode == 0 and ok.stdout.count(": ok") == 2, ok.stdout + ok.stderr
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (bad / "model.onnx").write_bytes(bytes(data))
+    failed = edged_cli("models", "verify", "--config", str(cfg))
+    assert failed.returncode == 1 and "sha256 of model.onnx" in failed.stderr and "edged-anomaly-mlp: ok" in failed.stdout
+
+
+def test_batch_equals_rows_with_jitter_gaps_and_a_flatline():
+    """The refractory period is counted in time (refractory x the median sampling interval), the
+    learning period lasts a day of data time, and a flatline feeds the stuck channel: the batch
+    path still equals the row path."""
+    v, t = series(n=1500, seed=5)
+    rng = np.random.default_rng(1)
+    t = t + np.cumsum(rng.uniform(-20, 20, len(t)))
+    t[1100:] += 6 * 3600.0  # a gap
+    v[1200:1260] = v[1200]  # stuck
+    det = make_detector("model", 64, 30)
+    assert det.p.refractory_unit == "time" and "stuck" in det.p.use
+    batch = det.score_series(v, t)
+    rows = score_rows(make_detector("model", 64, 30), t, v)
+    assert np.allclose(np.nan_to_num(batch, nan=-1), np.nan_to_num(rows, nan=-1), atol=1e-9)
+    assert np.array_equal(np.flatnonzero(batch >= 0.5), np.flatnonzero(rows >= 0.5))
+    assert np.isnan(batch[:288]).all() and not np.isnan(batch[300:]).any()  # a day of learning at 5 min
+    assert (batch[1200:1215] >= 0.5).any()  # the flatline

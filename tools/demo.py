@@ -334,6 +334,9 @@ min_silence_s = 4
 enabled = false   # no model is installed for the demo; answers and summaries use templates
 
 [anomaly]
+# The one-minute demo uses the built-in z-score: the default model detector learns each metric
+# for 150 readings and a day of data time, longer than the demo runs.
+detector = "zscore"
 learning_readings = {learning}
 """
 

@@ -2,11 +2,9 @@
 distance in a learned embedding, level shift), per-metric rolling-quantile calibration, a
 refractory filter, and an int8 ONNX window encoder (models/edged-anomaly-mlp).
 
-Integration into the daemon (edged/detector.py ``make_detector``), e.g.::
-
-    if kind == "onnx":
-        from .anomaly import load_detector
-        return load_detector()          # models/edged-anomaly-mlp/{detector.json, model.int8.onnx}
+The daemon's default detector: ``[anomaly] detector = "model"`` -> ``edged.detector.make_detector``
+-> :func:`load_detector` on the bundled model directory (``edged/_models/edged-anomaly-mlp`` in an
+installed wheel, ``models/edged-anomaly-mlp`` in the source tree), checked against its manifest.
 """
 
 from .features import Params, score_series

@@ -12,15 +12,19 @@ Channels (all in units of the metric's running range ``hi - lo`` of the readings
                  model is given) to the nearest non-overlapping window of the last
                  ``knn_memory`` steps;
 * ``shift``      |mean of the last ``ls_recent`` readings - median of the ``ls_ref`` before|;
-* ``model``      the neural model's anomaly logit for the latest window (optional).
+* ``model``      distance of the encoder's embedding of the latest window to the nearest past one;
+* ``stuck``      a run of identical readings against the longest earlier completed run (a flatline
+                 whose length is unusual for this series; fixed scale, like ``excursion``).
 
 Calibration: each channel (except ``excursion``, which has a fixed scale) is divided by
 its own rolling order statistic (``calib_q`` quantile of its previous ``calib_len`` values,
 zero-filled at start, floored at ``floor``); the score is ``r^2 / (r^2 + rho_half^2)`` of the
-largest ratio ``r``. Refractory: a score is only emitted when it exceeds every raw score of
-the previous ``refractory`` steps (a new local record), otherwise it is scaled by
-``suppress``. This keeps the operating point free: whatever threshold is applied, a burst
-of high scores yields one detection per record, not one per reading.
+largest ratio ``r``. Refractory (``refractory_mode = "level"``, shipped): after an emitted
+score >= 0.5 the scores of the following period are scaled by ``suppress`` unless a ratio
+exceeds ``escalate`` x the one that opened it; the period lasts ``refractory`` readings, or
+(``refractory_unit = "time"``, shipped) ``refractory`` x the series' own median sampling
+interval in seconds, so it means the same at any sampling rate and a gap shortens it. Nothing
+is scored while learning: the first ``learn`` readings and the first ``learn_s`` seconds.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view as _swv
 
-CHANNELS = ("excursion", "knn", "shift", "model")
+CHANNELS = ("excursion", "knn", "shift", "model", "stuck")
+FIXED_SCALE = ("excursion", "stuck")  # channels with a fixed scale (not calibrated by their own history)
 
 
 @dataclass(frozen=True)
@@ -45,12 +50,23 @@ class Params:
     calib_every: int = 8  # recompute each channel's order statistic every k readings (held between)
     floor: float = 0.01
     excursion_scale: float = 0.03
+    # excursion also needs excursion_noise x the step noise (1.4826 x median |x[i] - x[i-1]| / sqrt(2)
+    # over the noise_len readings before t): a new extreme by less than a few noise sd is not news
+    excursion_noise: float = 0.0
+    noise_len: int = 32
     rho_half: float = 1.25
     refractory: int = 300
     suppress: float = 0.0
     escalate: float = 3.0
     refractory_mode: str = "level"  # after a score >= 0.5 suppress `refractory` steps; or "escalate" (threshold-free)
+    # "readings": the refractory period is `refractory` readings; "time": it lasts `refractory` x the
+    # series' median sampling interval (of the gap_context intervals before the detection), in
+    # seconds, so a gap ends it; "seconds": it lasts `refractory` seconds
+    refractory_unit: str = "readings"
+    stuck_min: int = 4  # stuck channel: run of identical readings / (stuck_scale x the longest earlier
+    stuck_scale: float = 2.0  # completed run, at least stuck_min); 0 until one run has completed
     learn: int = 150
+    learn_s: float = 0.0  # ... and, with times, for at least learn_s seconds after the first reading
     gap_context: int = 32  # a reading more than gap_factor x the median of the previous
     gap_factor: float = 4.0  # gap_context intervals after its predecessor follows a gap
     use: tuple = ("excursion", "knn", "shift")
@@ -149,6 +165,19 @@ def normalise_model_window(V: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.arcsinh(np.clip((V - med[:, None]) / s[:, None], -40.0, 40.0)).astype(np.float32)
 
 
+def prev_interval_median(times: np.ndarray, gc: int) -> np.ndarray:
+    """m[t] = median of the gc sampling intervals before reading t (times[t-gc]-times[t-gc-1] ..
+    times[t-1]-times[t-2]); NaN for t < gc + 1."""
+    T = len(times)
+    m = np.full(T, np.nan)
+    if T < gc + 2:
+        return m
+    d = np.diff(times)  # d[i] = times[i+1] - times[i]
+    med = np.median(_swv(d, gc), axis=1)  # med[j] = median d[j..j+gc-1] = intervals ending at j+1..j+gc
+    m[gc + 1:] = med[:T - gc - 1]
+    return m
+
+
 def gap_flags(times: np.ndarray, p: Params) -> np.ndarray:
     """gap[t]: reading t follows a gap (its interval > gap_factor x the median of the previous
     gap_context intervals). Needs t >= gap_context + 1."""
@@ -158,10 +187,53 @@ def gap_flags(times: np.ndarray, p: Params) -> np.ndarray:
     if times is None or T < gc + 2:
         return gap
     d = np.r_[np.nan, np.diff(times)]
-    med = np.median(_swv(d[1:], gc), axis=1)  # med[j] = median d[j+1..j+gc]
+    med = prev_interval_median(times, gc)
     t = np.arange(gc + 1, T)
-    gap[t] = d[t] > p.gap_factor * med[t - gc - 1]
+    gap[t] = d[t] > p.gap_factor * med[t]
     return gap
+
+
+def refractory_span(times: np.ndarray, p: Params) -> np.ndarray | None:
+    """Seconds a refractory period opened at each reading lasts (None: counted in readings)."""
+    if p.refractory_unit == "readings":
+        return None
+    if times is None:
+        raise ValueError(f"refractory_unit={p.refractory_unit!r} needs the readings' times")
+    if p.refractory_unit == "seconds":
+        return np.full(len(times), float(p.refractory))
+    if p.refractory_unit == "time":
+        return np.nan_to_num(p.refractory * prev_interval_median(np.asarray(times, dtype=float), p.gap_context))
+    raise ValueError(f"unknown refractory_unit {p.refractory_unit!r}")
+
+
+NOISE_C = 1.4826 / np.sqrt(2.0)
+
+
+def step_noise(x: np.ndarray, L: int) -> np.ndarray:
+    """s[t] = 1.4826 / sqrt(2) x median |x[i] - x[i-1]| over the readings t-L..t-1 (0 for t < L)."""
+    T = len(x)
+    out = np.zeros(T)
+    if T <= L:
+        return out
+    ad = np.abs(np.diff(x))  # ad[j] = |x[j+1] - x[j]|
+    med = np.median(_swv(ad, L - 1), axis=1)  # med[j]: diffs among x[j..j+L-1]
+    out[L:] = NOISE_C * med[:T - L]
+    return out
+
+
+def stuck_channel(x: np.ndarray, p: Params) -> np.ndarray:
+    """Run of identical readings ending at t / (stuck_scale x max(longest completed earlier run,
+    stuck_min)); 0 while no run has completed (a series flat from its start says nothing)."""
+    T = len(x)
+    if T == 0:
+        return np.zeros(0)
+    idx = np.arange(T)
+    eq = np.r_[False, x[1:] == x[:-1]]
+    run = idx - np.maximum.accumulate(np.where(eq, 0, idx)) + 1
+    ended = np.zeros(T)
+    ended[:-1] = np.where(~eq[1:], run[:-1], 0)  # a run ending at s is complete at s + 1
+    best = np.r_[0.0, np.maximum.accumulate(ended)[:-1]]
+    return np.where(best > 0, run / (p.stuck_scale * np.maximum(best, p.stuck_min)), 0.0)
 
 
 def since_gap(gap: np.ndarray) -> np.ndarray:
@@ -180,6 +252,8 @@ def raw_channels(x: np.ndarray, p: Params, model=None, times: np.ndarray | None 
     scale = _range_scale(lo, hi)
     ch = {}
     ch["excursion"] = np.maximum(np.maximum(x - hi, lo - x), 0.0) / scale
+    if p.excursion_noise > 0:
+        ch["noise"] = step_noise(x, p.noise_len) / scale
     w = p.knn_window
     knn = np.zeros(T)
     if "knn" in p.use and T >= w:
@@ -197,6 +271,8 @@ def raw_channels(x: np.ndarray, p: Params, model=None, times: np.ndarray | None 
         t = np.arange(k + L - 1, T)
         shift[t] = np.abs(rec[t - k + 1] - ref[t - k - L + 1]) / scale[t]
     ch["shift"] = shift
+    if "stuck" in p.use:
+        ch["stuck"] = stuck_channel(x, p)
     if "model" in p.use and model is not None:
         mw = model.window
         mch = np.zeros(T)
@@ -242,7 +318,10 @@ def calibrate(ch: dict, p: Params) -> np.ndarray:
         c = ch[name]
         wgt = p.weights.get(name, 1.0)
         if name == "excursion":
-            ratios.append(wgt * c / p.excursion_scale)
+            den = p.excursion_scale if "noise" not in ch else np.maximum(p.excursion_scale, p.excursion_noise * ch["noise"])
+            ratios.append(wgt * c / den)
+        elif name == "stuck":
+            ratios.append(wgt * c)
         else:
             o = rolling_order_stat(c, p.calib_len, p.calib_q, p.calib_every)
             ratios.append(wgt * c / np.maximum(o, p.floor))
@@ -264,43 +343,64 @@ def refractory_filter(r: np.ndarray, R: int, escalate: float, suppress: float) -
     return np.where(r > escalate * m, r, suppress * r)
 
 
-def refractory_level(r: np.ndarray, R: int, level: float, suppress: float, escalate: float = np.inf) -> np.ndarray:
+def refractory_level(r: np.ndarray, R: int, level: float, suppress: float, escalate: float = np.inf,
+                     times: np.ndarray | None = None, span: np.ndarray | None = None) -> np.ndarray:
     """After an emitted ratio >= level (score >= 0.5), scale the next R ratios by ``suppress``,
     unless one exceeds ``escalate`` times the ratio that opened the period: that one is emitted
-    and opens a new period."""
+    and opens a new period. With ``span`` (seconds per reading), a period opened at reading t
+    covers the readings up to times[t] + span[t] instead of the next R."""
     out = r.copy()
     if R <= 0:
         return out
-    until, last = -1, np.inf
+    until, last = -np.inf, np.inf
     for t in np.flatnonzero(r >= level):
-        if t <= until and not r[t] > escalate * last:
+        now = t if span is None else times[t]
+        inside = now <= until
+        if inside and not r[t] > escalate * last:
             continue
-        out[t + 1:t + 1 + R] *= suppress
-        if t <= until:  # an escalation inside the period: undo the earlier suppression of t itself
+        if span is None:
+            until = t + R
+            end = t + 1 + R
+        else:
+            until = times[t] + span[t]
+            end = int(np.searchsorted(times, until, side="right"))
+        out[t + 1:end] *= suppress
+        if inside:  # an escalation inside the period: undo the earlier suppression of t itself
             out[t] = r[t]
-        until, last = t + R, r[t]
+        last = r[t]
     return out
 
 
-def apply_refractory(r: np.ndarray, p: Params) -> np.ndarray:
+def apply_refractory(r: np.ndarray, p: Params, times: np.ndarray | None = None) -> np.ndarray:
     if p.refractory_mode == "level":
-        return refractory_level(r, p.refractory, p.rho_half, p.suppress, p.escalate)
+        span = refractory_span(times, p)
+        return refractory_level(r, p.refractory, p.rho_half, p.suppress, p.escalate,
+                                None if span is None else np.asarray(times, dtype=float), span)
     return refractory_filter(r, p.refractory, p.escalate, p.suppress)
 
 
-def score_from_ratio(r: np.ndarray, p: Params) -> np.ndarray:
+def score_from_ratio(r: np.ndarray, p: Params, times: np.ndarray | None = None) -> np.ndarray:
     """Refractory + squash of the combined ratio; nothing is emitted (NaN) while learning, and
     nothing emitted means nothing opens a refractory period."""
-    r = r.copy()
-    r[: p.learn] = 0.0
-    out = squash(apply_refractory(r, p), p.rho_half)
-    out[: p.learn] = np.nan
+    learning = learning_mask(len(r), p, times)
+    r = np.where(learning, 0.0, r)
+    out = squash(apply_refractory(r, p, times), p.rho_half)
+    out[learning] = np.nan
     return out
 
 
-def score_from_channels(ch: dict, p: Params) -> np.ndarray:
-    return score_from_ratio(calibrate(ch, p), p)
+def learning_mask(T: int, p: Params, times: np.ndarray | None = None) -> np.ndarray:
+    """Readings scored NaN: the first ``learn`` readings and those within ``learn_s`` seconds of the first."""
+    m = np.arange(T) < p.learn
+    if p.learn_s > 0 and times is not None and T:
+        ts = np.asarray(times, dtype=float)
+        m |= ts - ts[0] < p.learn_s
+    return m
+
+
+def score_from_channels(ch: dict, p: Params, times: np.ndarray | None = None) -> np.ndarray:
+    return score_from_ratio(calibrate(ch, p), p, times)
 
 
 def score_series(x: np.ndarray, p: Params, model=None, times: np.ndarray | None = None) -> np.ndarray:
-    return score_from_channels(raw_channels(x, p, model, times), p)
+    return score_from_channels(raw_channels(x, p, model, times), p, times)

@@ -17,9 +17,28 @@ import os
 
 import numpy as np
 
-from .features import Params, _range_scale, normalise_model_window, place_in_range, squash
+from .features import FIXED_SCALE, NOISE_C, Params, _range_scale, normalise_model_window, place_in_range, squash
 
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "models", "edged-anomaly-mlp")
+BUNDLED_MODEL = "edged-anomaly-mlp"
+# a wheel carries the committed models as package data (setup.py's build hook); a source tree
+# or an editable install has them at the top level, models/<name>/
+PACKAGE_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_models")
+SOURCE_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "models")
+
+
+def bundled_models_root() -> str:
+    """The directory holding the bundled models (<root>/<name>/manifest.json)."""
+    for root in (PACKAGE_MODELS, SOURCE_MODELS):
+        if os.path.isfile(os.path.join(root, BUNDLED_MODEL, "manifest.json")):
+            return root
+    return PACKAGE_MODELS
+
+
+def bundled_model_dir(name: str = BUNDLED_MODEL) -> str:
+    return os.path.join(bundled_models_root(), name)
+
+
+DEFAULT_MODEL_DIR = bundled_model_dir()
 
 
 class ModelDetector:
@@ -29,8 +48,10 @@ class ModelDetector:
         self.p = params or Params()
         self.model = model if "model" in self.p.use else None
         p = self.p
-        self.cal_channels = [c for c in p.use if c != "excursion" and (c != "model" or self.model is not None)]
-        need = [p.knn_window, p.ls_recent + p.ls_ref, p.gap_context + 2]
+        self.cal_channels = [c for c in p.use if c not in FIXED_SCALE and (c != "model" or self.model is not None)]
+        if p.refractory_unit not in ("readings", "time", "seconds"):
+            raise ValueError(f"unknown refractory_unit {p.refractory_unit!r}")
+        need = [p.knn_window, p.ls_recent + p.ls_ref, p.gap_context + 2, p.noise_len + 1]
         if self.model is not None:
             need.append(self.model.window)
         self.window = int(max(need))
@@ -54,13 +75,18 @@ class ModelDetector:
         esc = p.refractory_mode != "level"
         self.prev_r = np.zeros((capacity, max(p.refractory, 1) if esc else 1))
         self.until = np.full(capacity, -1, dtype=np.int64)
+        self.until_time = np.full(capacity, -np.inf)
+        self.first_time = np.zeros(capacity)
+        self.run = np.zeros(capacity, dtype=np.int64)
+        self.best_run = np.zeros(capacity, dtype=np.int64)
         self.last_fire = np.full(capacity, np.inf)
         self.last_gap = np.full(capacity, -(10**12), dtype=np.int64)
         self.memb = np.full((capacity, self.mring_len if self.encoder else 1, self.model.dim if self.encoder else 1),
                             np.nan)
         if old:
             k = old["capacity"]
-            for name in ("n", "lo", "hi", "emb", "hist", "qstat", "prev_r", "until", "last_fire", "last_gap", "memb"):
+            for name in ("n", "lo", "hi", "emb", "hist", "qstat", "prev_r", "until", "until_time", "first_time", "run", "best_run",
+                         "last_fire", "last_gap", "memb"):
                 getattr(self, name)[:k] = old[name]
         self.capacity = capacity
 
@@ -87,6 +113,10 @@ class ModelDetector:
         self.qstat[slot] = 0.0
         self.prev_r[slot] = 0.0
         self.until[slot] = -1
+        self.until_time[slot] = -np.inf
+        self.first_time[slot] = 0.0
+        self.run[slot] = 0
+        self.best_run[slot] = 0
         self.last_fire[slot] = np.inf
         self.last_gap[slot] = -(10**12)
         self.memb[slot] = np.nan
@@ -100,11 +130,22 @@ class ModelDetector:
         x = values[:, -1].astype(float)
         t = self.n[slots].copy()  # step index of this reading
         first = t == 0
+        now = times[:, -1].astype(float)
+        self.first_time[slots[first]] = now[first]
+        learning = (t < p.learn) | ((now - self.first_time[slots] < p.learn_s) if p.learn_s > 0 else False)
         self.lo[slots[first]] = x[first]
         self.hi[slots[first]] = x[first]
         lo, hi = self.lo[slots], self.hi[slots]
         scale = _range_scale(lo, hi)
         ch = {"excursion": np.maximum(np.maximum(x - hi, lo - x), 0.0) / scale}
+        if p.excursion_noise > 0:
+            L = p.noise_len
+            noise = np.zeros(B)
+            okn = t >= L
+            if okn.any():
+                ad = np.abs(np.diff(values[okn, -(L + 1):-1], axis=1))
+                noise[okn] = NOISE_C * np.median(ad, axis=1)
+            ch["noise"] = noise / scale
 
         w = p.knn_window
         full = t >= w - 1
@@ -130,6 +171,15 @@ class ModelDetector:
                 shift[okk] = np.abs(rec - ref) / scale[okk]
         ch["shift"] = shift
 
+        # stuck: run of identical readings against the longest completed earlier run
+        same = (t > 0) & (x == values[:, -2])
+        run_prev, best = self.run[slots], self.best_run[slots]
+        best = np.where(~same & (t > 0), np.maximum(best, run_prev), best)
+        run = np.where(same, run_prev + 1, 1)
+        self.run[slots], self.best_run[slots] = run, best
+        if "stuck" in p.use:
+            ch["stuck"] = np.where(best > 0, run / (p.stuck_scale * np.maximum(best, p.stuck_min)), 0.0)
+
         if self.model is not None:
             mw = self.model.window
             mch = np.zeros(B)
@@ -148,9 +198,11 @@ class ModelDetector:
         # sampling gaps: window channels are 0 while their window spans a gap
         gc = p.gap_context
         okg = t >= gc + 1
+        med_dt = np.full(B, np.nan)  # median of the gc intervals before this reading
         if okg.any():
             d = np.diff(times[okg, -(gc + 2):].astype(float), axis=1)
-            gap = d[:, -1] > p.gap_factor * np.median(d[:, :-1], axis=1)
+            med_dt[okg] = np.median(d[:, :-1], axis=1)
+            gap = d[:, -1] > p.gap_factor * med_dt[okg]
             self.last_gap[slots[okg][gap]] = t[okg][gap]
         sg = t - self.last_gap[slots]
         spans = {"knn": p.knn_window, "shift": p.ls_recent + p.ls_ref,
@@ -168,7 +220,11 @@ class ModelDetector:
                 continue
             wgt = p.weights.get(name, 1.0)
             if name == "excursion":
-                ratios.append(wgt * ch[name] / p.excursion_scale)
+                den = p.excursion_scale if "noise" not in ch else np.maximum(p.excursion_scale, p.excursion_noise * ch["noise"])
+                ratios.append(wgt * ch[name] / den)
+                continue
+            if name == "stuck":
+                ratios.append(wgt * ch[name])
                 continue
             j = self.cal_channels.index(name)
             due = np.flatnonzero(t % p.calib_every == 0)
@@ -179,25 +235,29 @@ class ModelDetector:
             ratios.append(wgt * ch[name] / np.maximum(o, p.floor))
             self.hist[slots, j, hpos] = ch[name]
         r = np.max(np.vstack(ratios), axis=0)
-        r[t < p.learn] = 0.0  # nothing is emitted while learning, so nothing opens a refractory period
+        r[learning] = 0.0  # nothing is emitted while learning, so nothing opens a refractory period
 
         # refractory
         R = p.refractory
         if R <= 0:
             rr = r
         elif p.refractory_mode == "level":
-            inside = t <= self.until[slots]
+            inside = t <= self.until[slots] if p.refractory_unit == "readings" else now <= self.until_time[slots]
             escal = inside & (r >= p.rho_half) & (r > p.escalate * self.last_fire[slots])
             rr = np.where(inside & ~escal, p.suppress * r, r)
             fire = (~inside | escal) & (r >= p.rho_half)
-            self.until[slots[fire]] = t[fire] + R
+            if p.refractory_unit == "readings":
+                self.until[slots[fire]] = t[fire] + R
+            else:
+                span = float(R) if p.refractory_unit == "seconds" else np.nan_to_num(R * med_dt[fire])
+                self.until_time[slots[fire]] = now[fire] + span
             self.last_fire[slots[fire]] = r[fire]
         else:
             prev = self.prev_r[slots]
             rr = np.where(r > p.escalate * prev.max(axis=1), r, p.suppress * r)
             self.prev_r[slots, np.mod(t, R)] = r
         out = squash(rr, p.rho_half)
-        out[t < p.learn] = np.nan
+        out[learning] = np.nan
 
         # advance the running range and the counters
         self.lo[slots] = np.minimum(lo, x)

@@ -2,7 +2,7 @@
 """Check that the streaming detector (row at a time, several metrics per call, as the daemon
 calls it) equals the batch replay path, on the first ROWS rows of a few NAB dev files.
 
-  python tools/anomaly/check_stream.py [--rows 3000] [--model-dir models/edged-anomaly-mlp]
+  python tools/anomaly/check_stream.py [--rows 3000] [--model-dir models/edged-anomaly-mlp] [--set field=value ...]
 """
 
 from __future__ import annotations
@@ -23,7 +23,15 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, ROOT)
 
 from edged.anomaly.features import score_series  # noqa: E402
-from edged.anomaly.model_detector import load_detector  # noqa: E402
+from edged.anomaly.model_detector import ModelDetector, load_detector  # noqa: E402
+
+SETS: list = []
+
+
+def with_params(det, sets):
+    from nab_eval import parse_set
+
+    return ModelDetector(det.p.with_(**parse_set(sets)), det.model)
 
 FILES = ["realKnownCause/nyc_taxi.csv", "realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv",
          "artificialWithAnomaly/art_daily_jumpsup.csv", "realKnownCause/rogue_agent_key_hold.csv"]
@@ -34,8 +42,11 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=3000)
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--float", action="store_true", help="use the float model instead of int8")
+    ap.add_argument("--set", action="append", help="override a shipped Param, field=value (as nab_eval.py)")
     args = ap.parse_args(argv)
     det = load_detector(args.model_dir, quantized=not args.float)
+    if args.set:
+        det = with_params(det, args.set)
     frames = [pd.read_csv(os.path.join("/work/shared/data/nab-dev/data", f)).iloc[: args.rows] for f in FILES]
     data = [d["value"].to_numpy(float) for d in frames]
     stamps = [pd.to_datetime(d["timestamp"]).values.astype("datetime64[ns]").astype(np.int64) / 1e9 for d in frames]
@@ -88,6 +99,8 @@ def check_with_store(rows: int = 3000, model_dir=None) -> bool:
     from edged.windows import MetricStore
 
     det = load_detector(model_dir)
+    if SETS:
+        det = with_params(det, SETS)
     assert isinstance(det, Detector)
     frames = [pd.read_csv(os.path.join("/work/shared/data/nab-dev/data", f)).iloc[:rows] for f in FILES]
     data = [d["value"].to_numpy(float) for d in frames]
@@ -111,5 +124,6 @@ def check_with_store(rows: int = 3000, model_dir=None) -> bool:
 
 
 if __name__ == "__main__":
+    SETS[:] = [v for k, v in zip(sys.argv, sys.argv[1:]) if k == "--set"]
     rc = main()
     sys.exit(rc or (0 if check_with_store() else 1))

@@ -42,9 +42,11 @@ sys.path.insert(0, EVAL_DIR)
 import nab_score  # noqa: E402
 
 from edged.anomaly.features import Params, calibrate, raw_channels, score_from_channels, score_from_ratio  # noqa: E402
+from edged.detector import appended_mask, spread_scores  # noqa: E402
 
 CATEGORIES = ["artificialNoAnomaly", "artificialWithAnomaly", "realAWSCloudwatch", "realKnownCause"]
-STRUCTURAL = ("knn_window", "knn_memory", "knn_center", "ls_recent", "ls_ref", "use")
+STRUCTURAL = ("knn_window", "knn_memory", "knn_center", "ls_recent", "ls_ref", "use", "stuck_min", "stuck_scale",
+              "gap_context", "gap_factor", "excursion_noise", "noise_len")
 CALIBRATION = STRUCTURAL + ("calib_len", "calib_q", "calib_every", "floor", "excursion_scale", "weights")
 
 
@@ -64,10 +66,21 @@ class Corpus:
         self.cat = {f: f.split("/")[0] for f in self.files}
 
     def values(self, f):
-        return self.frames[f]["value"].to_numpy(dtype=float)
+        """The readings the daemon appends (and scores): a repeated or late timestamp is not
+        appended (edged.detector.appended_mask); :meth:`spread` gives those rows the last score."""
+        return self.frames[f]["value"].to_numpy(dtype=float)[self.keep(f)]
 
     def times(self, f):
+        return self.all_times(f)[self.keep(f)]
+
+    def all_times(self, f):
         return epoch_seconds(self.frames[f]["timestamp"])
+
+    def keep(self, f):
+        return appended_mask(self.all_times(f))
+
+    def spread(self, f, scores):
+        return spread_scores(self.keep(f), scores)
 
     def idx(self, cats):
         return [i for i, f in enumerate(self.files) if self.cat[f] in cats]
@@ -192,6 +205,9 @@ GRIDS = {
     # few knobs: refractory length and the score scale (rho_half only moves the 0.5 point)
     "default": {"rho_half": [1.1, 1.25, 1.4, 1.6, 1.8, 2.0], "refractory": [200, 300, 500], "escalate": [2.0, 3.0, 5.0]},
     "small": {"rho_half": [1.1, 1.25, 1.4, 1.6, 1.8, 2.0], "refractory": [300]},
+    # the default grid extended to lower rho_half (a higher calib_q moves the optimum below 1.1)
+    "wide": {"rho_half": [0.8, 0.9, 1.0, 1.1, 1.25, 1.4, 1.6, 1.8, 2.0], "refractory": [200, 300, 500],
+             "escalate": [2.0, 3.0, 5.0]},
 }
 
 
@@ -223,9 +239,10 @@ def main(argv=None):
         return chans_cache[key]
 
     chans = channels_for(base)
-    scores = [score_from_channels(ch, base) for ch in chans]
+    times = [corpus.times(f) for f in corpus.files]
+    scores = [corpus.spread(f, score_from_channels(ch, base, tm)) for f, ch, tm in zip(corpus.files, chans, times)]
     t2 = time.perf_counter()
-    rows = sum(len(corpus.values(f)) for f in corpus.files)
+    rows = sum(len(corpus.frames[f]) for f in corpus.files)
     opt, thr = score(corpus, scores)
     fixed, _ = score(corpus, scores, None, 0.5)
     summary = {"params": base.to_dict(), "model": args.model, "optimized": opt, "opt_threshold": thr,
@@ -260,7 +277,7 @@ def main(argv=None):
             key = tuple((k, str(getattr(p, k))) for k in CALIBRATION)
             if key not in ratio_cache:
                 ratio_cache[key] = [calibrate(ch, p) for ch in channels_for(p)]
-            sc = [score_from_ratio(r, p) for r in ratio_cache[key]]
+            sc = [corpus.spread(f, score_from_ratio(r, p, tm)) for f, r, tm in zip(corpus.files, ratio_cache[key], times)]
             label = json.dumps(upd, sort_keys=True)
             results[label] = sc
             o, th = score(corpus, sc)
