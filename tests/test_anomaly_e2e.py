@@ -95,3 +95,36 @@ def test_spike_level_shift_and_stuck_value_over_mqtt(broker, daemon_factory, pro
         assert ev["summary"].startswith(f"plant/{ev['metric'].split('/')[-1]}")
     assert spike["summary"].startswith("plant/spike rose to ") and "(typical " in spike["summary"]
     assert probe.on(f"{d.root}/anomaly/plant/control") == []  # every reading was scored (stats above)
+
+
+def _publish_rows(port: int, rows) -> None:
+    publisher = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    publisher.max_queued_messages_set(0)
+    publisher.connect("127.0.0.1", port)
+    publisher.loop_start()
+    try:
+        infos = [publisher.publish(topic, json.dumps(payload), qos=1) for topic, payload in rows]
+        for info in infos[-50:]:
+            info.wait_for_publish(60)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+
+
+def test_a_restart_keeps_what_the_model_detector_learned(broker, daemon_factory, probe_factory):
+    """Snapshot and restore carry the model detector's per-metric state: after a restart the
+    metric is not learning again, and the spike right after it is caught."""
+    d, probe = start_node(daemon_factory, probe_factory, broker.port, detector=None)
+    data, ts = streams()["spike"], times()
+    _publish_rows(broker.port, [("sensors/plant/spike", {"value": float(data[i]), "ts": float(ts[i])}) for i in range(AT)])
+    latest_stats(probe, d.root, lambda s: s.get("scored", 0) >= AT, timeout=60)
+    assert d.stop() == 0
+    probe.clear()
+
+    d2 = daemon_factory(broker.port, node=d.node, detector=None)  # same node and state dir
+    d2.wait_log("snapshot_restored")
+    probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online", timeout=15)
+    _publish_rows(broker.port, [("sensors/plant/spike", {"value": float(data[i]), "ts": float(ts[i])}) for i in range(AT, AT + 12)])
+    start = probe.wait_topic(f"{d.root}/anomaly/plant/spike", lambda m: m.json()["event"] == "start", timeout=60).json()
+    assert start["start"] == ts[AT]  # a fresh detector would still be learning: 150 readings and a day
+    assert d2.stop() == 0

@@ -62,6 +62,9 @@ class ModelDetector:
         self._alloc(capacity)
 
     # ------------------------------------------------------------------ state
+    _STATE = ("n", "lo", "hi", "emb", "hist", "qstat", "prev_r", "until", "until_time", "first_time", "run",
+              "best_run", "last_fire", "last_gap", "memb")
+
     def _alloc(self, capacity: int) -> None:
         p = self.p
         old = self.__dict__.copy() if self.capacity else None
@@ -85,10 +88,23 @@ class ModelDetector:
                             np.nan)
         if old:
             k = old["capacity"]
-            for name in ("n", "lo", "hi", "emb", "hist", "qstat", "prev_r", "until", "until_time", "first_time", "run", "best_run",
-                         "last_fire", "last_gap", "memb"):
+            for name in self._STATE:
                 getattr(self, name)[:k] = old[name]
         self.capacity = capacity
+
+    def state_dict(self, n: int) -> dict[str, np.ndarray]:
+        """Per-slot state of slots [0, n) for the snapshot: a restart neither re-learns nor
+        loses its calibration (about 66 KB per metric with the shipped params)."""
+        self._ensure(np.array([max(n - 1, 0)]))
+        return {name: getattr(self, name)[:n] for name in self._STATE}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        if set(state) != set(self._STATE) or any(state[k].shape[1:] != getattr(self, k).shape[1:] for k in self._STATE):
+            return  # saved with other params or another model: learn afresh
+        n = len(state["n"])
+        self._ensure(np.array([max(n - 1, 0)]))
+        for name in self._STATE:
+            getattr(self, name)[:n] = state[name]
 
     def _ensure(self, slots: np.ndarray) -> None:
         need = int(slots.max()) + 1 if len(slots) else 0
