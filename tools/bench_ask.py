@@ -171,13 +171,16 @@ class Broker:
                 self.proc.wait(5)
 
 
-def daemon_config(tmp: Path, port: int, base_url: str) -> Path:
+def daemon_config(tmp: Path, port: int, base_url: str, llm: Path | None = None) -> Path:
+    """``llm``: a built model directory; local answers are then phrased by it (under the guard)."""
     path = tmp / "edged.toml"
+    llm_section = (f'[llm]\nenabled = true\nload = "start"\nmodel = "{llm.name}"\n[models]\ndir = "{llm.parent}"\n'
+                   if llm else '[llm]\nenabled = false\n')
     path.write_text(
         f'[node]\nid = "{NODE}"\nstate_dir = "{tmp / "state"}"\nstats_interval_s = 1\nclock = "data"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
         f'[sensors]\nmax_metrics = 100\n'
-        f'[llm]\nenabled = false\n'
+        f'{llm_section}'
         f'[cloud]\nenabled = true\nbase_url = "{base_url}"\nmodel = "bench-model"\nmax_retries = 0\ntimeout_s = 5\n'
         f'daily_requests = 0\ndaily_tokens = 0\n'
         f'[log]\nlevel = "warning"\n'
@@ -432,7 +435,7 @@ def render(args, runs: list[Run], cli: dict | None, shared: dict, machine: dict,
         "",
         f"Command: `python {command}` ({elapsed:.0f} s; {len(runs)} runs of the question set, each question asked "
         f"once per run, one at a time; median [min–max] over runs). Daemon: `edged run`, TZ=UTC, node.clock = \"data\", "
-        f"`[llm] enabled = false` (template answers), fed the scenario of tests/data/scenario.py first "
+        f"{f'`[llm]` {args.llm.name} loaded at start (local answers LM-phrased under the guard)' if args.llm else '`[llm] enabled = false` (template answers)'}, fed the scenario of tests/data/scenario.py first "
         f"({ingest_s:.0f} s to ingest); private Mosquitto "
         f"({'`set_tcp_nodelay true`' if args.broker_nodelay else 'its default `set_tcp_nodelay false`'}); the cloud is a local OpenAI-compatible server in the "
         f"benchmark process that answers every request after {args.cloud_delay * 1000:.0f} ms.",
@@ -442,7 +445,7 @@ def render(args, runs: list[Run], cli: dict | None, shared: dict, machine: dict,
         "",
         "| path | questions per run | reply latency_ms p50 | p95 | MQTT round trip p50 | p95 |",
         "|---|---|---|---|---|---|",
-        f"| local, template | {n_local} | {_agg(per('local_ms', 50))} | {_agg(per('local_ms', 95))} | "
+        f"| local, {'LM-phrased' if args.llm else 'template'} | {n_local} | {_agg(per('local_ms', 50))} | {_agg(per('local_ms', 95))} | "
         f"{_agg(per('local_rtt_ms', 50))} | {_agg(per('local_rtt_ms', 95))} |",
         f"| cloud ({args.cloud_delay * 1000:.0f} ms server) | {n_cloud} | {_agg(per('cloud_ms', 50))} | "
         f"{_agg(per('cloud_ms', 95))} | {_agg(per('cloud_rtt_ms', 50))} | {_agg(per('cloud_rtt_ms', 95))} |",
@@ -539,6 +542,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--broker-nodelay", action="store_true",
                    help="Mosquitto `set_tcp_nodelay true` (its default is false: Nagle's algorithm on the broker's "
                         "sockets, ~40 ms per MQTT hop that writes two packets back to back)")
+    p.add_argument("--llm", type=Path, help="a built LM directory (e.g. /var/lib/edged/models/smollm2-135m): "
+                   "local answers are LM-phrased; the table's 'local' rows then measure that (not with --write)")
     p.add_argument("--json", type=Path, help="also write every sample here")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     p.add_argument("--write", action="store_true", help="update the Questions section of docs/BENCHMARKS.md")
@@ -547,6 +552,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.llm and args.write:
+        print("--llm and --write: the Questions block describes template answers; quote LM runs by hand", file=sys.stderr)
+        return 2
     if not Path(MOSQUITTO).exists():
         print(f"mosquitto not found ({MOSQUITTO}); `make mosquitto` installs it", file=sys.stderr)
         return 1
@@ -572,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         broker = Broker(tmp, args.broker_nodelay).start()
         cloud = FixedDelayCloud(args.cloud_delay).start()
-        config = daemon_config(tmp, broker.port, cloud.base_url)
+        config = daemon_config(tmp, broker.port, cloud.base_url, args.llm)
         daemon_log = open(tmp / "edged.log", "ab")
         daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(config)],
                                   stdout=daemon_log, stderr=subprocess.STDOUT, env=daemon_env(), cwd=tmp)
