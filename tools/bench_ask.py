@@ -60,7 +60,8 @@ DATA = REPO / "tests" / "data"
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 
-from bench_pipeline import code_version, free_port, machine_info, percentile, port_open, wait_for  # noqa: E402
+from bench_pipeline import Broker as _Broker  # noqa: E402
+from bench_pipeline import code_version, machine_info, percentile, wait_for  # noqa: E402
 
 from edged.mqtt import set_no_delay  # noqa: E402
 
@@ -144,31 +145,10 @@ class FixedDelayCloud:
 
 
 # =========================================================================== broker, daemon, asker
-class Broker:
-    def __init__(self, workdir: Path, nodelay: bool = False) -> None:
-        self.port = free_port()
-        self.conf = workdir / f"mosquitto-{self.port}.conf"
-        self.log = workdir / f"mosquitto-{self.port}.log"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{RUN_AS}persistence false\n"
-                             f"max_queued_messages 100000\n{'set_tcp_nodelay true' + chr(10) if nodelay else ''}log_dest file {self.log}\nlog_type error\nlog_type warning\n")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Broker":
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT)
-        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, 10, "mosquitto to listen")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited: {self.log.read_text() if self.log.exists() else ''}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def Broker(workdir: Path, nodelay: bool = False) -> _Broker:
+    """bench_pipeline's private Mosquitto, with Mosquitto's default in-flight window (20)."""
+    return _Broker(workdir, max_inflight=20, max_queued=100000,
+                   extra=RUN_AS + ("set_tcp_nodelay true\n" if nodelay else ""))
 
 
 def daemon_config(tmp: Path, port: int, base_url: str, llm: Path | None = None) -> Path:

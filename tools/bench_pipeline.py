@@ -205,12 +205,12 @@ def code_version() -> tuple[str, str]:
 class Broker:
     """A private Mosquitto on a free port with a temporary config (no persistence)."""
 
-    def __init__(self, workdir: Path, max_inflight: int, max_queued: int) -> None:
+    def __init__(self, workdir: Path, max_inflight: int, max_queued: int, extra: str = "") -> None:
         self.port = free_port()
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"
             f"max_queued_messages {max_queued}\nmax_inflight_messages {max_inflight}\n"
             f"log_dest file {self.log}\nlog_type error\nlog_type warning\n"
         )
