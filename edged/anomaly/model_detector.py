@@ -94,7 +94,7 @@ class ModelDetector:
 
     def state_dict(self, n: int) -> dict[str, np.ndarray]:
         """Per-slot state of slots [0, n) for the snapshot: a restart neither re-learns nor
-        loses its calibration (about 66 KB per metric with the shipped params)."""
+        loses its calibration (about 57 KB per metric with the shipped params)."""
         self._ensure(np.array([max(n - 1, 0)]))
         return {name: getattr(self, name)[:n] for name in self._STATE}
 
