@@ -37,6 +37,10 @@ MIN_SNAPSHOT_GAP_S = 2.0
 # `online` waits for the command link's subscription, but not for ever: a broker that refuses
 # the second connection must not keep the node offline.
 COMMAND_LINK_GRACE_S = 5.0
+# Mosquitto's count of the messages it dropped (full queues, clients too slow to take them; all
+# clients together). Under a flood edged applies backpressure rather than dropping what it read,
+# so the excess is dropped in the broker: this makes those drops visible on edged's stats.
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 log = get_logger("edged.app")
 
@@ -52,11 +56,12 @@ class Daemon:
                                  settings.anomaly.model_dir, settings.runtime)
         self.mqtt = MqttLink(settings, self.topics, self._on_message, self._on_connected)
         self.mqtt.announce_on_connect = False  # see _announce_if_ready
-        self.mqtt.stale_filters = [self.topics.request_filter]  # requests moved to the command link
-        # Requests come on a connection of their own, so that they never queue behind a backlog
+        # Requests (and the other control-plane topics: Home Assistant's status, the broker's drop
+        # counter) come on a connection of their own, so that they never queue behind a backlog
         # of readings in the broker (a flood would otherwise delay them by seconds).
         self.command_link = MqttLink(settings, self.topics, self._on_command_message, self._announce_if_ready,
                                      primary=False)
+        self._broker_dropped: int | None = None
         self._announce_lock = threading.Lock()
         self._announced_connect = 0
         self._primary_connected_at = 0.0
@@ -80,6 +85,8 @@ class Daemon:
         self.pipeline.on_new_metric = self.discovery.on_new_metric
         self.pipeline.on_reannounce = self.discovery.on_connect
         self.pipeline.on_forget = self.discovery.on_forget
+        self._control_topics = {BROKER_DROPPED_TOPIC, self.discovery.ha_status_topic}
+        self.mqtt.stale_filters = [self.topics.request_filter, *sorted(self._control_topics)]  # moved to the command link
         self.prom_server = None
         self.registry = ActionRegistry()
         register_core_actions(self.registry, self.pipeline, self.mqtt.connected.is_set, self.request_reload)
@@ -126,6 +133,7 @@ class Daemon:
     def _extra_stats(self) -> dict:  # wal_* counters come through self.stats
         extra = {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
                  "commands_connected": self.command_link.connected.is_set(),
+                 **({"broker_dropped": self._broker_dropped} if self._broker_dropped is not None else {}),
                  "commands_queue_depth": self.commands.queue_depth, "spool_depth": self.publisher.depth()}
         if self.cloud is not None:
             extra["cloud"] = self.cloud.counters()
@@ -133,21 +141,27 @@ class Daemon:
 
     # ------------------------------------------------------------------ routing (network thread)
     def _on_message(self, msg: RawMessage) -> None:
-        if msg.topic.startswith(self.topics.request_prefix):
+        """The primary connection: readings."""
+        if msg.topic in self._control_topics or msg.topic.startswith(self.topics.request_prefix):
             self._ack_now(msg)  # a subscription left in the persistent session by an older edged:
-            return  # the command link answers
-        if self.discovery.enabled and msg.topic == self.discovery.ha_status_topic:
-            if not msg.retain:  # a retained "online" arrives on every connect, which re-announces anyway
-                self.discovery.on_ha_online(msg.payload)
-            self._ack_now(msg)
-        elif self.wal is not None and msg.qos:
+            return  # the command link has these now
+        if self.wal is not None and msg.qos:
             self.wal.submit(msg, self.mqtt.generation)  # acknowledged once durable (or redelivered)
         else:
             self.pipeline.offer(msg)
 
     def _on_command_message(self, msg: RawMessage) -> None:
+        """The command link: requests, Home Assistant's status, the broker's drop counter."""
         if msg.topic.startswith(self.topics.request_prefix):
             self.commands.offer(msg)
+        elif msg.topic == BROKER_DROPPED_TOPIC:
+            try:
+                self._broker_dropped = int(msg.payload)
+            except ValueError:
+                pass  # not Mosquitto's counter: nothing to report
+        elif self.discovery.enabled and msg.topic == self.discovery.ha_status_topic:
+            if not msg.retain:  # a retained "online" arrives on every connect, which re-announces anyway
+                self.discovery.on_ha_online(msg.payload)
 
     def _ack_now(self, msg: RawMessage) -> None:
         if self.mqtt.manual_ack and msg.qos:
@@ -184,13 +198,14 @@ class Daemon:
 
     def wanted_subscriptions(self) -> dict[str, int]:
         qos = self.settings.mqtt.qos
-        wanted = {f: qos for f in self.settings.sensors.topics}
+        return {f: qos for f in self.settings.sensors.topics}
+
+    def wanted_command_subscriptions(self) -> dict[str, int]:
+        # $SYS: brokers without the counter (or an ACL that denies it) simply never send it.
+        wanted = {self.topics.request_filter: 1, BROKER_DROPPED_TOPIC: 0}
         if self.discovery.enabled:
             wanted[self.discovery.ha_status_topic] = 1
         return wanted
-
-    def wanted_command_subscriptions(self) -> dict[str, int]:
-        return {self.topics.request_filter: 1}
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: object) -> None:

@@ -6,7 +6,7 @@ import json
 import signal
 import time
 
-from conftest import v5_request_properties, wait_for
+from conftest import Broker, latest_stats, start_node, v5_request_properties, wait_for
 
 BASE_TS = 1_750_000_000.0  # fixed, so tests do not depend on today's date
 
@@ -82,3 +82,16 @@ def test_request_status_v5_correlation_and_transaction(broker, daemon_factory, p
     bad = probe.wait_topic(f"{d.root}/response/frobnicate").json()
     assert bad["status"] == "error" and "unknown action" in bad["error"] and "status" in bad["error"]
     assert bad["transaction"] == 5
+
+
+def test_stats_carry_the_brokers_drop_counter(tmp_path, daemon_factory, probe_factory):
+    """Mosquitto's $SYS count of dropped messages reaches edged's stats (`broker_dropped`): under a
+    flood edged slows its reading down instead of dropping, so the drops happen in the broker."""
+    broker = Broker(tmp_path, "sys_interval 1\n").start()
+    try:
+        d, probe = start_node(daemon_factory, probe_factory, broker.port)
+        stats = latest_stats(probe, d.root, lambda s: "broker_dropped" in s, timeout=15)
+        assert isinstance(stats["broker_dropped"], int) and stats["broker_dropped"] >= 0
+        assert d.stop() == 0
+    finally:
+        broker.stop()

@@ -99,7 +99,7 @@ def stats_watcher(port: int, stop, out_path: str) -> None:
     def on_message(c, u, m):
         if not m.retain:
             s = json.loads(m.payload)
-            rows.append({"recv": time.time(), **{k: s.get(k) for k in ("ts", "readings", "scored", "dropped", "queue_depth")}})
+            rows.append({"recv": time.time(), **{k: s.get(k) for k in ("ts", "readings", "scored", "dropped", "queue_depth", "broker_dropped")}})
 
     client.on_message = on_message
     client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"edged/{NODE}/stats", 0)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="edged-flood-"))
-    broker = Broker(tmp, max_inflight=100, max_queued=100000).start()
+    broker = Broker(tmp, max_inflight=100, max_queued=100000, extra="sys_interval 1\n").start()
     cfg = tmp / "edged.toml"
     queue = f"queue_size = {args.queue_size}\n" if args.queue_size else ""
     cfg.write_text(
@@ -185,12 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     answered = [x for x in latencies if x is not None]
     in_time = [x for x in answered if x <= args.deadline]
     window = [r for r in stats if r["scored"] is not None]
-    applied = dropped = None
+    applied = dropped = broker_dropped = None
     if len(window) >= 2:
         a, b = window[0], window[-1]
         span = (b["ts"] - a["ts"]) or 1.0
         applied = (b["scored"] - a["scored"]) / span
         dropped = ((b["dropped"] or 0) - (a["dropped"] or 0)) / span
+        if a.get("broker_dropped") is not None and b.get("broker_dropped") is not None:
+            broker_dropped = (b["broker_dropped"] - a["broker_dropped"]) / span
     first = [m for t, m in rss if t <= 10]
     last = [m for t, m in rss if t >= elapsed - 10]
     machine = machine_info()
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "offered_per_s": round(offered / elapsed), "applied_per_s": round(applied) if applied else None,
         "dropped_per_s": round(dropped) if dropped is not None else None,
         "dropped_total": window[-1]["dropped"] if window else None,
+        "broker_dropped_per_s": round(broker_dropped) if broker_dropped is not None else None,
         "peak_rss_mib": round(peak, 1),
         "rss_first_10s_max_mib": round(max(first), 1) if first else None,
         "rss_last_10s_max_mib": round(max(last), 1) if last else None,
