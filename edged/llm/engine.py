@@ -6,10 +6,16 @@
                       on_text=print)
     out.text, out.finish_reason     # "eos" | "stop" | "length" | "deadline" | "context"
 
-* KV cache: the decoder returns the cache with the new positions; it is fed back each step.
+* KV cache, by graph variant (model.json ``graph``):
+  - ``fused``: one float32 buffer per layer and kind, ``[1, n_head_kv, max_length, head_dim]``,
+    bound (IO binding) as both the past input and the present output; GroupQueryAttention
+    writes the new positions in place -- no per-step copies, no per-step allocations.  Small
+    inputs and the logits output are pre-allocated and bound once.
+  - ``plain``: the decoder returns the cache with the new positions; it is fed back each step.
 * Warm system prompt: the system turn is run once (at start-up or on ``set_system_prompt``)
-  and its cache reused by every request with that system prompt -- caches are immutable
-  arrays, so sharing needs no copy.
+  and its cache reused by every request with that system prompt (plain: immutable arrays,
+  shared; fused: its positions stay in the buffers -- later requests write after them -- and
+  a snapshot restores them if another prompt overwrote them).
 * Greedy by default; ``temperature`` > 0 samples (``top_p``, ``seed`` for repeatability).
 * Stop sequences cut the text before them; EOS / end-of-turn tokens end generation.
 * A wall-clock deadline returns what has been generated so far, flagged ``deadline``.
@@ -54,13 +60,18 @@ class Generation:
 @dataclass
 class _Cache:
     ids: tuple[int, ...]
-    past: dict[str, np.ndarray] = field(repr=False)
+    past: dict[str, np.ndarray] | None = field(repr=False)  # fused: a snapshot of the first len(ids) positions, or None
     logits: np.ndarray | None = field(default=None, repr=False)  # after the last id
+
+
+DEFAULT_MAX_LENGTH = 2048  # fused graph: KV buffer positions (pages are only touched as they fill)
 
 
 class Engine:
     def __init__(self, model_dir: str | Path, threads: int = 2, verify: bool = True,
-                 system_prompt: str | None = None, spin: bool = True):
+                 system_prompt: str | None = None, spin: bool = True, max_length: int | None = None,
+                 warm: bool = True):
+        """``warm=False``: the system turn's cache is computed on the first ``chat`` instead of now."""
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
@@ -82,11 +93,21 @@ class Engine:
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._lock = threading.Lock()
         n_kv, hd = self.config["n_head_kv"], self.config["head_dim"]
-        empty = np.zeros((1, n_kv, 0, hd), np.float32)
-        self._empty = _Cache((), {f"past_{k}_{i}": empty for i in range(self.config["n_layer"]) for k in ("key", "value")})
+        self.graph = info.get("graph", "plain")
+        self.n_ctx = self.config["n_ctx"]
+        if self.graph == "fused":
+            self.n_ctx = min(self.n_ctx, max_length or DEFAULT_MAX_LENGTH)
+            self._init_binding(ort, n_kv, hd)
+            self._empty = _Cache((), {})
+        else:
+            empty = np.zeros((1, n_kv, 0, hd), np.float32)
+            self._empty = _Cache((), {f"past_{k}_{i}": empty for i in range(self.config["n_layer"]) for k in ("key", "value")})
         self._warm: _Cache | None = None
         self._warm_system: str | None = None
-        self.set_system_prompt(system_prompt)
+        if warm:
+            self.set_system_prompt(system_prompt)
+        else:
+            self._warm_system = system_prompt
 
     # --- prompts -------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -98,6 +119,8 @@ class Engine:
         with self._lock:
             self._warm_system = system
             self._warm = self._extend(self._empty, self.encode(prefix), None) if prefix else self._empty
+            if self.graph == "fused" and self._warm is not None:
+                self._warm = self._snapshot(self._warm)
 
     def chat(self, user: str | list[dict], system: str | None = ..., **kw) -> Generation:  # type: ignore[assignment]
         """Answer one user message (or a message list) under ``system`` (default: the warm one)."""
@@ -111,12 +134,106 @@ class Engine:
             system = self._warm_system
         prefix = self.chat_format.system_prefix(system)
         body = "".join(self.chat_format.turn(m["role"], m["content"]) for m in messages) + "<|im_start|>assistant\n"
+        if system == self._warm_system and self._warm is None:
+            self.set_system_prompt(system)
         if system == self._warm_system and self._warm is not None:
             return self.generate(self.encode(body), cache=self._warm, **kw)
         return self.generate(self.encode(prefix) + self.encode(body), **kw)
 
+    # --- fused graph: IO binding ---------------------------------------------------------
+    def _init_binding(self, ort, n_kv: int, hd: int) -> None:
+        io = self._io = self.session.io_binding()
+        # np.zeros: calloc'd, so untouched positions cost no resident memory
+        self._kv = {f"past_{k}_{i}": np.zeros((1, n_kv, self.n_ctx, hd), np.float32)
+                    for i in range(self.config["n_layer"]) for k in ("key", "value")}
+        self._keep = []  # OrtValues wrap numpy memory: keep both alive
+        for name, arr in self._kv.items():
+            ov = ort.OrtValue.ortvalue_from_numpy(arr)
+            self._keep.append(ov)
+            io.bind_ortvalue_input(name, ov)
+            io.bind_ortvalue_output(name.replace("past", "present", 1), ov)
+        self._step_ids = np.zeros((1, 1), np.int64)
+        self._step_index = np.zeros((1,), np.int64)
+        self._seqlens = np.zeros((1,), np.int32)
+        self._total = np.zeros((), np.int32)
+        self._logits = np.zeros((1, 1, self.config["n_vocab"]), np.float32)
+        for name, arr in (("seqlens_k", self._seqlens), ("total_sequence_length", self._total)):
+            ov = ort.OrtValue.ortvalue_from_numpy(arr)
+            self._keep.append(ov)
+            io.bind_ortvalue_input(name, ov)
+        self._step_ov = [ort.OrtValue.ortvalue_from_numpy(a) for a in (self._step_ids, self._step_index)]
+        self._logits_ov = ort.OrtValue.ortvalue_from_numpy(self._logits)
+        self._bind_step()
+        self._buf_ids: tuple[int, ...] = ()  # the positions the buffers hold now
+
+    def _bind_step(self) -> None:
+        self._io.bind_ortvalue_input("input_ids", self._step_ov[0])
+        self._io.bind_ortvalue_input("logits_index", self._step_ov[1])
+        self._io.bind_ortvalue_output("logits", self._logits_ov)
+        self._step_bound = True
+
+    def _seat(self, cache: _Cache) -> None:
+        """Make the buffers hold ``cache``'s positions (normally they already do)."""
+        n = len(cache.ids)
+        if self._buf_ids[:n] == cache.ids:
+            return
+        if cache.past is None:
+            raise ValueError("this cache's positions were overwritten and it has no snapshot")
+        for name, arr in self._kv.items():
+            arr[:, :, :n] = cache.past[name]
+        self._buf_ids = cache.ids
+
+    def _snapshot(self, cache: _Cache) -> _Cache:
+        n = len(cache.ids)
+        return _Cache(cache.ids, {k: v[:, :, :n].copy() for k, v in self._kv.items()}, cache.logits)
+
+    def _run_fused(self, cache: _Cache, ids: list[int]) -> _Cache:
+        self._seat(cache)
+        past, n = len(cache.ids), len(ids)
+        self._seqlens[0] = past + n - 1
+        self._total[()] = past + n
+        if n == 1:
+            if not self._step_bound:
+                self._bind_step()
+            self._step_ids[0, 0] = ids[0]
+            self._step_index[0] = 0
+        else:
+            self._io.bind_cpu_input("input_ids", np.asarray([ids], np.int64))
+            self._io.bind_cpu_input("logits_index", np.asarray([n - 1], np.int64))
+            self._step_bound = False
+        try:
+            self.session.run_with_iobinding(self._io)
+        except BaseException:
+            self._buf_ids = cache.ids  # positions before the new ones are untouched
+            raise
+        self._buf_ids = cache.ids + tuple(ids)
+        return _Cache(self._buf_ids, None, self._logits[0, -1].copy())
+
+    def score(self, ids: list[int]) -> np.ndarray:
+        """Logits ``[len(ids), n_vocab]`` of ``ids`` from an empty cache, in one pass (teacher-forced)."""
+        if not 0 < len(ids) < self.n_ctx:
+            raise ValueError(f"{len(ids)} tokens: score 1 to {self.n_ctx - 1}")
+        feed_ids = np.asarray([ids], np.int64)
+        index = np.arange(len(ids), dtype=np.int64)
+        with self._lock:
+            if self.graph != "fused":
+                return self.session.run(["logits"], {"input_ids": feed_ids, "logits_index": index, **self._empty.past})[0][0]
+            self._seqlens[0], self._total[()] = len(ids) - 1, len(ids)
+            self._io.bind_cpu_input("input_ids", feed_ids)
+            self._io.bind_cpu_input("logits_index", index)
+            self._io.bind_output("logits", "cpu")
+            self._buf_ids = ()
+            try:
+                self.session.run_with_iobinding(self._io)
+                self._buf_ids = tuple(ids)
+                return self._io.get_outputs()[-1].numpy()[0].copy()
+            finally:
+                self._bind_step()
+
     # --- generation ----------------------------------------------------------------------
     def _run(self, cache: _Cache, ids: list[int]) -> _Cache:
+        if self.graph == "fused":
+            return self._run_fused(cache, ids)
         feed = {"input_ids": np.asarray([ids], np.int64), "logits_index": np.asarray([len(ids) - 1], np.int64),
                 **cache.past}
         out = self.session.run(self._outputs, feed)
@@ -144,7 +261,7 @@ class Engine:
         rng = np.random.default_rng(seed) if temperature > 0 else None
         stops = tuple(s for s in stop if s)
         base = cache or self._empty
-        n_ctx = self.config["n_ctx"]
+        n_ctx = self.n_ctx
         with self._lock:
             if not prompt_ids and base.logits is None:
                 raise ValueError("empty prompt")

@@ -237,3 +237,116 @@ def build_decoder(model: GGUFModel, accuracy_level: int = 0, head: str = "split4
                           producer_name="edged.llm", producer_version="1")
     m.ir_version = 10
     return m
+
+
+# --- the fused graph -----------------------------------------------------------------------
+#
+# Same weights and arithmetic, fewer and larger nodes, and a KV cache that is never copied:
+#
+#   input_ids              int64 [1, seq]
+#   logits_index           int64 [m]
+#   seqlens_k              int32 [1]     past + seq - 1 (GroupQueryAttention's convention)
+#   total_sequence_length  int32 []      past + seq
+#   past_key_<i>, past_value_<i>   float32 [1, n_head_kv, max_length, head_dim]: the whole cache
+#                          buffer; the caller binds present_<kind>_<i> to the *same* memory
+#                          (IO binding) and GroupQueryAttention writes the new positions in place.
+#
+# Per layer: SkipSimplifiedLayerNormalization (residual add + RMSNorm in one node), one
+# MatMulNBits for q/k/v packed straight into GroupQueryAttention (rotary inside, no Split), the
+# Q4_1 remainder as ``Gemm(x @ S, corr.T, y)`` (S: the 0/1 block-sum matrix, so one MatMul and
+# one Gemm instead of Reshape/ReduceSum/MatMul/Add), gate/up fused.  Hidden state is 2-D
+# ``[seq, d]`` (batch 1).
+
+def _fused_linear(b: _Builder, x: str, w, prefix: str, bsums: dict, split8: bool = False) -> str:
+    if split8 and isinstance(w, quant.BlockQuant) and w.bits == 8 and w.corr is None:
+        hi, lo = w.split_nibbles()
+        return b.op("Add", [_fused_linear(b, x, hi, prefix + "_hi", bsums), _fused_linear(b, x, lo, prefix + "_lo", bsums)],
+                    prefix + "_sum")
+    if isinstance(w, np.ndarray):
+        return b.op("MatMul", [x, b.init(f"{prefix}.weight_t", w.T.astype(np.float32))], prefix)
+    n, k = w.shape
+    y = b.op("MatMulNBits", [x, b.init(f"{prefix}.qweight", w.matmulnbits_b()), b.init(f"{prefix}.scales", w.scale.reshape(-1)),
+                             b.init(f"{prefix}.zero_points", w.matmulnbits_zp())], prefix, domain=MS,
+             K=k, N=n, bits=w.bits, block_size=quant.QK, accuracy_level=b.acc)
+    if w.corr is None:
+        return y
+    if x not in bsums:
+        s = np.zeros((k, k // quant.QK), np.float32)
+        s[np.arange(k), np.arange(k) // quant.QK] = 1.0
+        bsums[x] = b.op("MatMul", [x, b.const(s, np.float32)], "bsum")
+    return b.op("Gemm", [bsums[x], b.init(f"{prefix}.block_corr_t", np.ascontiguousarray(w.corr.T)), y], prefix + "_out")
+
+
+def build_fused_decoder(model: GGUFModel, accuracy_level: int = 0, head: str = "split4") -> onnx.ModelProto:
+    cfg: LlamaConfig = model.config
+    b = _Builder(accuracy_level)
+    hd, nh, nkv, d = cfg.head_dim, cfg.n_head, cfg.n_head_kv, cfg.n_embd
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "seq"]),
+        helper.make_tensor_value_info("logits_index", TensorProto.INT64, ["m"]),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "m", cfg.n_vocab])]
+    for i in range(cfg.n_layer):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", TensorProto.FLOAT, [1, nkv, "max_length", hd]))
+            outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", TensorProto.FLOAT, [1, nkv, "max_length", hd]))
+    inv_freq = cfg.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    angles = np.arange(cfg.n_ctx, dtype=np.float64)[:, None] * inv_freq[None, :]
+    cos_cache = b.init("rope.cos_cache", np.cos(angles).astype(np.float32))
+    sin_cache = b.init("rope.sin_cache", np.sin(angles).astype(np.float32))
+    q_perm, k_perm = unpermute_rows(nh, hd), unpermute_rows(nkv, hd)
+
+    x = b.op("Reshape", [b.embedding("input_ids", model.weight("token_embd.weight")), b.const([-1, d])], "embd_2d")
+    delta = None  # the residual branch not yet added to x
+    for i in range(cfg.n_layer):
+        p = f"blk.{i}"
+        bsums: dict = {}
+        g = b.init(f"{p}.attn_norm", model.weight(f"{p}.attn_norm.weight"))
+        if delta is None:
+            h = b.op("SimplifiedLayerNormalization", [x, g], "attn_norm", axis=-1, epsilon=cfg.rms_eps)
+        else:
+            h, _, _, x = b.op("SkipSimplifiedLayerNormalization", domain=MS, inputs=[delta, x, g], n_out=4, epsilon=cfg.rms_eps,
+                              outputs=[b.name("attn_norm"), "", "", b.name("resid")])
+        wq = _take_rows(model.weight(f"{p}.attn_q.weight"), q_perm)
+        wk = _take_rows(model.weight(f"{p}.attn_k.weight"), k_perm)
+        wv = model.weight(f"{p}.attn_v.weight")
+        if quant.can_fuse([wq, wk, wv]):
+            qkv = _fused_linear(b, h, _concat([wq, wk, wv]), f"{p}.attn_qkv", bsums)
+            q_in = [b.op("Reshape", [qkv, b.const([1, -1, (nh + 2 * nkv) * hd])], "qkv_3d"), "", ""]
+        else:
+            q_in = [b.op("Reshape", [_fused_linear(b, h, w, f"{p}.attn_{r}", bsums), b.const([1, -1, n * hd])], f"{r}_3d")
+                    for w, r, n in ((wq, "q", nh), (wk, "k", nkv), (wv, "v", nkv))]
+        o, _, _ = b.op("GroupQueryAttention", [*q_in, f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
+                                         cos_cache, sin_cache], "gqa", domain=MS, n_out=3,
+                 outputs=[b.name("attn"), f"present_key_{i}", f"present_value_{i}"],
+                 num_heads=nh, kv_num_heads=nkv, do_rotary=1, rotary_interleaved=0, scale=float(1.0 / np.sqrt(hd)))
+        o = b.op("Reshape", [o, b.const([-1, nh * hd])], "attn_2d")
+        a = _fused_linear(b, o, model.weight(f"{p}.attn_output.weight"), f"{p}.attn_output", bsums)
+        h, _, _, x = b.op("SkipSimplifiedLayerNormalization", domain=MS, inputs=[a, x, b.init(f"{p}.ffn_norm", model.weight(f"{p}.ffn_norm.weight"))],
+                          n_out=4, epsilon=cfg.rms_eps, outputs=[b.name("ffn_norm"), "", "", b.name("resid")])
+        wg, wu = model.weight(f"{p}.ffn_gate.weight"), model.weight(f"{p}.ffn_up.weight")
+        if quant.can_fuse([wg, wu]):
+            gate, up = b.op("Split", [_fused_linear(b, h, _concat([wg, wu]), f"{p}.ffn_gate_up", bsums),
+                                      b.const([cfg.n_ff, cfg.n_ff])], "gate_up", n_out=2, axis=-1)
+        else:
+            gate = _fused_linear(b, h, wg, f"{p}.ffn_gate", bsums)
+            up = _fused_linear(b, h, wu, f"{p}.ffn_up", bsums)
+        act = b.op("Mul", [b.op("Mul", [gate, b.op("Sigmoid", [gate])], "silu"), up], "swiglu")
+        delta = _fused_linear(b, act, model.weight(f"{p}.ffn_down.weight"), f"{p}.ffn_down", bsums)
+
+    h = b.op("SkipSimplifiedLayerNormalization", [delta, x, b.init("output_norm", model.weight("output_norm.weight"))],
+             "output_norm", domain=MS, epsilon=cfg.rms_eps)
+    h = b.op("Gather", [h, "logits_index"], "last_hidden", axis=0)
+    w_out = model.weight("output.weight") if model.has("output.weight") else model.weight("token_embd.weight")
+    if head == "int8":
+        b.acc = 4
+    logits = _fused_linear(b, h, w_out, "output", {}, split8=(head == "split4"))
+    b.op("Reshape", [logits, b.const([1, -1, cfg.n_vocab])], outputs=["logits"])
+
+    graph = helper.make_graph(b.nodes, "llama_decoder_fused", inputs, outputs, b.inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                          producer_name="edged.llm", producer_version="1")
+    m.ir_version = 10
+    return m

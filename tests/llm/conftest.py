@@ -129,6 +129,16 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_plain_model_dir(tmp_path_factory):
+    """The same tiny model built with the plain per-op graph."""
+    from edged.llm.build import BuildOptions, build
+
+    root = tmp_path_factory.mktemp("tiny-plain-model")
+    build(write_tiny_gguf(root / "tiny.gguf"), root / "tiny", BuildOptions(graph="plain"))
+    return root / "tiny"
+
+
+@pytest.fixture(scope="session")
 def real_gguf():
     if not REAL_GGUF.is_file():
         pytest.skip(f"{REAL_GGUF} absent (edged models pull smollm2-135m, or set EDGED_SMOLLM2_GGUF)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -133,6 +135,59 @@ def test_kv_cache_steps_equal_one_pass(tiny_gguf, attention):
     np.testing.assert_allclose(np.concatenate(rows), full, atol=1e-4 * np.abs(full).max())
 
 
+def _fused_session(model, **kw):
+    return ort.InferenceSession(graph.build_fused_decoder(model, **kw).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+
+
+def _fused_run(sess, cfg, chunks, max_length=64):
+    """Run ``chunks`` in turn through the fused graph, the KV buffers bound in place; logits rows."""
+    bufs = {f"past_{k}_{i}": np.zeros((1, cfg.n_head_kv, max_length, cfg.head_dim), np.float32)
+            for i in range(cfg.n_layer) for k in ("key", "value")}
+    io, keep = sess.io_binding(), []
+    for name, arr in bufs.items():
+        keep.append(ort.OrtValue.ortvalue_from_numpy(arr))
+        io.bind_ortvalue_input(name, keep[-1])
+        io.bind_ortvalue_output(name.replace("past", "present"), keep[-1])
+    rows, pos = [], 0
+    for chunk in chunks:
+        n = len(chunk)
+        io.bind_cpu_input("input_ids", np.asarray(chunk, np.int64)[None])
+        io.bind_cpu_input("logits_index", np.arange(n, dtype=np.int64))
+        io.bind_cpu_input("seqlens_k", np.array([pos + n - 1], np.int32))
+        io.bind_cpu_input("total_sequence_length", np.array(pos + n, np.int32))
+        io.bind_output("logits", "cpu")
+        sess.run_with_iobinding(io)
+        rows.append(io.get_outputs()[-1].numpy()[0])
+        pos += n
+    return np.concatenate(rows), bufs
+
+
+@pytest.mark.parametrize("types,tied,head", [c for c in CONFIGS if c[2] != "ops"])
+def test_fused_decoder_matches_fp32_reference_teacher_forced(tiny_gguf, types, tied, head):
+    model = GGUFModel(tiny_gguf(types=types, tied=tied))
+    ids = np.random.default_rng(3).integers(0, model.config.n_vocab, 24)
+    want = ReferenceLlama(model).logits(ids)
+    got, _ = _fused_run(_fused_session(model, head=head), model.config, [ids])
+    tol = 5e-2 if head == "int8" else 1e-3
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+    if head != "int8":
+        assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_fused_kv_buffers_filled_in_place_steps_equal_one_pass(tiny_gguf):
+    model = GGUFModel(tiny_gguf())
+    cfg = model.config
+    sess = _fused_session(model)
+    ids = np.random.default_rng(4).integers(0, cfg.n_vocab, 20)
+    full, _ = _fused_run(sess, cfg, [ids])
+    steps, bufs = _fused_run(sess, cfg, [ids[:5], ids[5:6], ids[6:13], ids[13:14], ids[14:15], ids[15:]])
+    np.testing.assert_allclose(steps, full, atol=1e-4 * np.abs(full).max())
+    np.testing.assert_allclose(steps, ReferenceLlama(model).logits(ids), atol=1e-3 * np.abs(full).max())
+    k = bufs["past_key_0"]
+    assert k[:, :, :20].any(axis=-1).all() and not k[:, :, 20:].any()  # written in place, nothing past 20
+
+
 def test_build_is_deterministic_idempotent_and_verified(tiny_gguf, tmp_path):
     src = tiny_gguf()
     doc_a = build(src, tmp_path / "a" / "m")
@@ -148,6 +203,15 @@ def test_build_is_deterministic_idempotent_and_verified(tiny_gguf, tmp_path):
     assert onnx_file.stat().st_mtime_ns == mtime
     build(src, tmp_path / "a" / "m", BuildOptions(head="int8"))  # other options: rebuilt
     assert manifest.verify(tmp_path / "a" / "m")["build"]["head"] == "int8"
+
+
+@pytest.mark.parametrize("variant", ["fused", "plain"])
+def test_graph_variant_is_recorded(tiny_gguf, tmp_path, variant):
+    doc = build(tiny_gguf(), tmp_path / "m", BuildOptions(graph=variant))
+    assert doc["build"]["graph"] == variant
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["graph"] == variant
+    with pytest.raises(ValueError, match="graph variant"):
+        build(tiny_gguf(), tmp_path / "n", BuildOptions(graph="nope"))
 
 
 def test_verify_refuses_tampered_files(tiny_model_dir, tmp_path):

@@ -12,9 +12,10 @@ from edged.llm import manifest
 from edged.llm.engine import Engine
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    e = Engine(tiny_model_dir, threads=1, system_prompt="Be brief.")
+@pytest.fixture(scope="module", params=["fused", "plain"])
+def engine(request, tiny_model_dir, tiny_plain_model_dir):
+    e = Engine(tiny_model_dir if request.param == "fused" else tiny_plain_model_dir, threads=1, system_prompt="Be brief.")
+    assert e.graph == request.param
     e.eos_ids = frozenset()  # random weights: never end early, so lengths are predictable
     return e
 
@@ -82,6 +83,31 @@ def test_warm_system_prompt_is_reused_and_equivalent(engine):
     assert cold.token_ids == warm.token_ids
     other = engine.chat("what is the water level?", system="Be verbose.", max_new_tokens=12)
     assert other.cached_tokens == 0
+    # the fused graph's buffers now hold the other prompt: the warm one comes back from its snapshot
+    again = engine.chat("what is the water level?", max_new_tokens=12)
+    assert again.cached_tokens == warm.cached_tokens and again.token_ids == warm.token_ids
+
+
+def test_score_matches_the_fp32_reference_and_generation(engine, tiny_model_dir):
+    from edged.llm.gguf_model import GGUFModel
+    from edged.llm.reference import ReferenceLlama
+
+    ids = engine.encode("the water level in the other tank")
+    want = ReferenceLlama(GGUFModel(tiny_model_dir.parent / "tiny.gguf")).logits(ids)
+    got = engine.score(ids)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * np.abs(want).max())
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    out = engine.generate(ids[:3], max_new_tokens=5)  # after scoring, generation starts clean
+    assert out.token_ids == engine.generate(ids[:3], max_new_tokens=5).token_ids
+
+
+def test_both_graphs_generate_the_same_tokens(tiny_model_dir, tiny_plain_model_dir):
+    fused, plain = Engine(tiny_model_dir, threads=1), Engine(tiny_plain_model_dir, threads=1)
+    assert (fused.graph, plain.graph) == ("fused", "plain")
+    for eng in (fused, plain):
+        eng.eos_ids = frozenset()
+    ids = fused.encode("in the sea the other")
+    assert fused.generate(ids, max_new_tokens=30).token_ids == plain.generate(ids, max_new_tokens=30).token_ids
 
 
 def test_tampered_model_is_refused(tiny_model_dir, tmp_path):
@@ -104,4 +130,4 @@ def test_sampling_top_p_keeps_the_nucleus():
 
 def test_prompt_longer_than_the_context_is_refused(engine):
     with pytest.raises(ValueError, match="context"):
-        engine.generate([5] * (engine.config["n_ctx"] + 1), max_new_tokens=1)
+        engine.generate([5] * (engine.n_ctx + 1), max_new_tokens=1)

@@ -6,14 +6,21 @@ import numpy as np
 import pytest
 
 from edged.llm import manifest
-from edged.llm.build import build
+from edged.llm.build import BuildOptions, build
 from edged.llm.engine import Engine
 
 
 @pytest.fixture(scope="module")
 def real_model_dir(real_gguf, tmp_path_factory):
     out = tmp_path_factory.mktemp("real") / "smollm2-135m"
-    build(real_gguf, out)
+    build(real_gguf, out)  # the default: the fused graph
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_plain_model_dir(real_gguf, tmp_path_factory):
+    out = tmp_path_factory.mktemp("real-plain") / "smollm2-135m"
+    build(real_gguf, out, BuildOptions(graph="plain"))
     return out
 
 
@@ -33,14 +40,21 @@ def test_greedy_answer_is_deterministic_and_sensible(real_model_dir):
     assert a.finish_reason in ("eos", "length")
 
 
-def test_decoder_matches_fp32_reference_on_the_real_model(real_model_dir, real_gguf):
+@pytest.mark.parametrize("variant", ["fused", "plain"])
+def test_decoder_matches_fp32_reference_on_the_real_model(request, real_gguf, variant):
     from edged.llm.gguf_model import GGUFModel
     from edged.llm.reference import ReferenceLlama
 
-    eng = Engine(real_model_dir, threads=2, verify=False)
+    model_dir = request.getfixturevalue("real_model_dir" if variant == "fused" else "real_plain_model_dir")
+    eng = Engine(model_dir, threads=2, verify=False)
+    assert eng.graph == variant
     ids = eng.encode(eng.chat_format.render([{"role": "user", "content": "Name three primary colours."}]))[:24]
-    got = eng.session.run(["logits"], {"input_ids": np.asarray([ids]), "logits_index": np.arange(len(ids)),
-                                       **eng._empty.past})[0][0]
+    got = eng.score(ids)
     want = ReferenceLlama(GGUFModel(real_gguf)).logits(ids)
     assert np.abs(got - want).max() < 2e-3 * np.abs(want).max()
     assert (got.argmax(-1) == want.argmax(-1)).all()
+    # the cached path (prefill chunk + token-by-token steps) gives the same next-token logits
+    cur = eng._extend(eng._empty, ids[:16], None)
+    for i in range(16, len(ids)):
+        np.testing.assert_allclose(cur.logits, got[i - 1], atol=1e-3 * np.abs(want).max())
+        cur = eng._run(cur, [ids[i]])

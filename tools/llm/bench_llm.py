@@ -2,10 +2,13 @@
 
     .venv/bin/python tools/llm/bench_llm.py --gguf ~/.cache/edged/gguf/SmolLM2-135M-Instruct.Q4_1.gguf \
         --model-dir /tmp/edged-models/smollm2-135m [--model-dir OTHER ...] --threads 2 --trials 5
+    # or build graph variants from the GGUF (into --build-dir) and compare them:
+    .venv/bin/python tools/llm/bench_llm.py --gguf ... --graph fused --graph plain --threads 1 --trials 5
 
 Each trial runs every engine once, in a fresh process, in turn (A B A B ...), so drifting load
 on a shared machine hits all of them alike.  Reports load time, prompt tok/s, decode tok/s
-and peak RSS, median over trials (min-max in brackets).  llama.cpp comes from
+and peak RSS, median over trials (min-max in brackets), and each edged engine's ratio to
+llama.cpp per trial (the two runs of a trial are neighbours in time), median [min-max].  llama.cpp comes from
 llama-cpp-python in its own venv (tools/llm/llama_env.sh builds it when missing).
 """
 
@@ -43,7 +46,10 @@ def run(cmd: list[str], out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", required=True)
-    ap.add_argument("--model-dir", action="append", required=True)
+    ap.add_argument("--model-dir", action="append", default=[])
+    ap.add_argument("--graph", action="append", default=[], choices=["fused", "plain"],
+                    help="build this graph variant from --gguf (into --build-dir/<variant>) and bench it")
+    ap.add_argument("--build-dir", default="/tmp/edged-llm-variants")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--n-new", type=int, default=64)
@@ -51,6 +57,17 @@ def main() -> None:
     a = ap.parse_args()
 
     from edged.llm.tokenizer import load_tokenizer
+
+    for variant in a.graph:
+        d = Path(a.build_dir) / variant
+        # in a child process (a no-op when current): a fork of a parent that built a model would
+        # start with the parent's peak RSS (Linux keeps ru_maxrss across fork/exec)
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from edged.llm.build import "
+                        "BuildOptions, build; build(sys.argv[2], sys.argv[3], BuildOptions(graph=sys.argv[4]))",
+                        str(REPO), a.gguf, str(d), variant], check=True)
+        a.model_dir.append(str(d))
+    if not a.model_dir:
+        ap.error("give --model-dir and/or --graph")
 
     prompt = load_tokenizer(Path(a.model_dir[0]) / "tokenizer.json").encode(PROMPT, add_special_tokens=False).ids
     llama_py = llama_python()
@@ -61,7 +78,8 @@ def main() -> None:
         out = Path(tmp) / "out.json"
         engines = [("llama.cpp", [llama_py, str(HERE / "llama_worker.py"), "bench", a.gguf, str(job), str(out)])]
         for d in a.model_dir:
-            engines.append((f"edged:{Path(d).name}", [sys.executable, str(HERE / "edged_worker.py"), d, str(job), str(out)]))
+            graph = json.loads((Path(d) / "model.json").read_text()).get("graph", "plain")
+            engines.append((f"edged:{Path(d).name} ({graph})", [sys.executable, str(HERE / "edged_worker.py"), d, str(job), str(out)]))
         for trial in range(a.trials):
             for name, cmd in (engines if trial % 2 == 0 else engines[::-1]):
                 r = run(cmd + ["--threads", str(a.threads)], out)
@@ -75,6 +93,17 @@ def main() -> None:
         for k in keys:
             v = [r[k] for r in rs]
             cells.append(f"{statistics.median(v):.3g} [{min(v):.3g}-{max(v):.3g}]")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    base = results["llama.cpp"]
+    print("\nratio edged / llama.cpp, per trial, median [min-max] (load and RSS: lower is better)")
+    print("| engine | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    for name, rs in results.items():
+        if name == "llama.cpp":
+            continue
+        cells = []
+        for k in keys:
+            v = [r[k] / b[k] for r, b in zip(rs, base)]
+            cells.append(f"{statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]")
         print(f"| {name} | " + " | ".join(cells) + " |")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))

@@ -46,9 +46,7 @@ def fwd_edged(model_dir: str, seq: list[int], threads: int) -> np.ndarray:
     eng = fwd_edged.cache.get(model_dir)
     if eng is None:
         eng = fwd_edged.cache[model_dir] = Engine(model_dir, threads=threads, verify=False)
-    feed = {"input_ids": np.asarray([seq], np.int64), "logits_index": np.arange(len(seq), dtype=np.int64),
-            **eng._empty.past}
-    return eng.session.run(["logits"], feed)[0][0].argmax(-1)
+    return eng.score(seq).argmax(-1)  # teacher-forced, one pass, either graph variant
 
 
 fwd_edged.cache = {}

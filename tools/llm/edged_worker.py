@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy  # noqa: F401  -- imported before the clock starts, as in llama_worker.py
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
@@ -27,7 +29,9 @@ def main() -> None:
     t = time.perf_counter()
     from edged.llm.engine import Engine
 
-    eng = Engine(a.model_dir, threads=a.threads, verify=a.verify)
+    # warm=False: the job is raw token ids (its own system turn), so no chat system prompt is
+    # precomputed -- llama.cpp's worker does no such work either
+    eng = Engine(a.model_dir, threads=a.threads, verify=a.verify, warm=False)
     eng.generate([job["prompt"][0]], max_new_tokens=0)  # first run allocates: part of loading
     load_s = time.perf_counter() - t
     eng.eos_ids = frozenset()  # always decode n_new tokens
