@@ -37,6 +37,10 @@ MIN_SNAPSHOT_GAP_S = 2.0
 # `online` waits for the command link's subscription, but not for ever: a broker that refuses
 # the second connection must not keep the node offline.
 COMMAND_LINK_GRACE_S = 5.0
+# strict: a snapshot (and WAL checkpoint) after this many logged readings at the latest. Replay at
+# start runs at the lane's speed (tens of thousands of readings a second on a 2-core x86): this
+# keeps it to seconds, well inside systemd's TimeoutStartSec.
+WAL_SNAPSHOT_READINGS = 50_000
 # Mosquitto's count of the messages it dropped (full queues, clients too slow to take them; all
 # clients together). Under a flood edged applies backpressure rather than dropping what it read,
 # so the excess is dropped in the broker: this makes those drops visible on edged's stats.
@@ -64,7 +68,6 @@ class Daemon:
         self._broker_dropped: int | None = None
         self._announce_lock = threading.Lock()
         self._announced_connect = 0
-        self._primary_connected_at = 0.0
         self.state_dir = Path(settings.node.state_dir)
         self.strict = settings.durability.mode == "strict"
         writable = self._state_dir_writable()
@@ -145,9 +148,12 @@ class Daemon:
         if msg.topic in self._control_topics or msg.topic.startswith(self.topics.request_prefix):
             self._ack_now(msg)  # a subscription left in the persistent session by an older edged:
             return  # the command link has these now
-        if self.wal is not None and msg.qos:
+        if self.wal is not None and msg.qos and len(msg.payload) <= self.settings.sensors.max_payload_bytes:
             self.wal.submit(msg, self.mqtt.generation)  # acknowledged once durable (or redelivered)
         else:
+            # QoS 0, relaxed mode, or (strict) a payload over the size limit: the lane rejects it
+            # as too_large, and it must not reach the log (a record that large reads as torn).
+            self._ack_now(msg)
             self.pipeline.offer(msg)
 
     def _on_command_message(self, msg: RawMessage) -> None:
@@ -171,7 +177,6 @@ class Daemon:
         self.mqtt.ack(msg.mid, msg.qos, generation)
 
     def _on_connected(self) -> None:
-        self._primary_connected_at = time.monotonic()
         self.pipeline.request_reannounce()
         self._announce_if_ready()
 
@@ -182,7 +187,7 @@ class Daemon:
             connects = self.mqtt.connects
             if not self.mqtt.connected.is_set() or self._announced_connect == connects:
                 return
-            waited = time.monotonic() - self._primary_connected_at
+            waited = time.monotonic() - self.mqtt.connected_at
             if not self.command_link.subscribed.is_set() and waited < COMMAND_LINK_GRACE_S:
                 return
             if not self.command_link.subscribed.is_set():
@@ -314,6 +319,7 @@ class Daemon:
         next_status = next_ping = 0.0
         next_snapshot = time.monotonic() + self.settings.durability.snapshot_interval_s
         last_snapshot = -MIN_SNAPSHOT_GAP_S
+        snapshot_seq = self.pipeline.applied_seq
         while not self._stopping.wait(0.25):
             self._announce_if_ready()
             if self._hup.is_set():
@@ -324,8 +330,13 @@ class Daemon:
                 self.publisher.flush()
             # Episode boundaries are snapshotted promptly, but at most every MIN_SNAPSHOT_GAP_S:
             # an event storm must not turn into a write storm on an SD card.
-            if (self.pipeline.snapshot_due.is_set() and now - last_snapshot >= MIN_SNAPSHOT_GAP_S) or now >= next_snapshot:
+            # strict: also after WAL_SNAPSHOT_READINGS logged readings, which bounds the replay at
+            # start (a long replay before READY=1 would run into systemd's start timeout).
+            wal_due = (self.wal is not None and now - last_snapshot >= MIN_SNAPSHOT_GAP_S
+                       and self.pipeline.applied_seq - snapshot_seq >= WAL_SNAPSHOT_READINGS)
+            if (self.pipeline.snapshot_due.is_set() and now - last_snapshot >= MIN_SNAPSHOT_GAP_S) or now >= next_snapshot or wal_due:
                 self.pipeline.snapshot_due.clear()
+                snapshot_seq = self.pipeline.applied_seq
                 self.save_snapshot()
                 last_snapshot = now
                 next_snapshot = now + self.settings.durability.snapshot_interval_s
@@ -385,8 +396,10 @@ class Daemon:
         """Every lane moved within its deadline; a quiet night with no readings still counts
         as progress (the lanes wake on their own timers), a lane stuck in a call does not."""
         node = self.settings.node
-        lanes = (("sensor", self.pipeline, node.sensor_lane_deadline_s),
-                 ("command", self.commands, node.command_lane_deadline_s))
+        lanes = [("sensor", self.pipeline, node.sensor_lane_deadline_s),
+                 ("command", self.commands, node.command_lane_deadline_s)]
+        if self.wal is not None:  # strict: a dead or stuck writer would stop every acknowledgement
+            lanes.append(("wal", self.wal, node.sensor_lane_deadline_s))
         stalled = [name for name, lane, deadline in lanes if now - lane.last_progress > deadline]
         if stalled and not self._reported_stall:
             log.error("lane_stalled", lanes=stalled,

@@ -96,6 +96,7 @@ class MqttLink:
         self._wanted: dict[str, int] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
+        self.connected_at = 0.0  # time.monotonic() of the latest connect
         self.subscribed = threading.Event()  # this connection's SUBACK arrived
         # The primary link announces `online` itself unless the daemon takes that over (it
         # waits for the command link's subscriptions, so a request sent on `online` is heard).
@@ -149,6 +150,9 @@ class MqttLink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_publish_fields = self._on_publish
+        # QoS 2 (edged subscribes at most at QoS 1, but a broker may still send it) takes paho's path.
+        self.client.on_message = lambda c, u, m: self._on_publish(m._topic, m.payload, m.qos, m.mid, bool(m.dup),
+                                                                  bool(m.retain), m.properties or None)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -242,6 +246,7 @@ class MqttLink:
             return
         self._next_generation()
         self.connects += 1
+        self.connected_at = time.monotonic()  # before `connected`: whoever sees it set finds this current
         self.connected.set()
         with self._lock:
             wanted = list(self._wanted.items())

@@ -112,7 +112,11 @@ class WireClient(paho.Client):
     def _handle_publish(self) -> MQTTErrorCode:
         sink = self.on_publish_fields
         header = self._in_packet["command"]
-        if sink is None or (header & 0x06) >> 1 == 2:
+        qos = (header & 0x06) >> 1
+        if qos == 3:
+            self._easy_log(paho.MQTT_LOG_ERR, "malformed PUBLISH: QoS 3")
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        if sink is None or qos == 2:  # paho's path; MqttLink's on_message forwards to the same sink
             return super()._handle_publish()
         try:
             topic, payload, qos, mid, dup, retain, properties = decode_publish_fields(

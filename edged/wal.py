@@ -228,6 +228,7 @@ def read(state: WalState, after_seq: int = 0) -> Iterator[RawMessage]:
                 _, seq, received, mid, qos, flags, topic_len = _READING.unpack_from(body)
                 if seq <= after_seq:
                     continue
+                after_seq = seq  # a seq seen already (a retried commit whose cut-back failed) is not replayed twice
                 start = _READING.size
                 yield RawMessage(
                     topic=body[start:start + topic_len].decode(errors="replace"),
@@ -247,6 +248,9 @@ def remove_through(state: WalState, seq: int) -> int:
                 removed += 1
             except FileNotFoundError:
                 pass
+            except OSError as exc:  # kept: it is read again (and skipped by seq) at the next start
+                log.warning("wal_remove_failed", path=str(seg.path), error=exc.strerror or str(exc))
+                continue
             state.segments.remove(seg)
     return removed
 
@@ -293,6 +297,7 @@ class WalWriter:
         self._cond = threading.Condition(threading.Lock())
         self._intake_open = True
         self._stopping = False
+        self.last_progress = time.monotonic()  # the watchdog checks it (Daemon.lanes_healthy)
         self._checkpoint: int | None = None
         self._fd: int | None = None
         self._segment: Segment | None = None
@@ -363,37 +368,59 @@ class WalWriter:
 
     # ------------------------------------------------------------------ writer thread
     def run(self) -> None:
+        """The writer thread. An unexpected error is logged and the round retried: if this thread
+        died, nothing would be acknowledged again and intake would stop without a word."""
         while True:
-            with self._cond:
-                while not (self._pending or self._stopping or self._checkpoint is not None):
-                    if not self._cond.wait(MARK_IDLE_S) and self._applied() > self._mark:
+            try:
+                if self._round():
+                    return
+            except Exception as exc:  # noqa: BLE001 - see above
+                log.error("wal_writer_error", error=f"{type(exc).__name__}: {exc}",
+                          hint="retrying; readings stay unacknowledged until the log takes them")
+                with self._cond:
+                    self._cond.wait(RETRY_S)
+
+    def _round(self) -> bool:
+        """One commit round; True when the writer should stop."""
+        self.last_progress = time.monotonic()
+        with self._cond:
+            while not (self._pending or self._stopping or self._checkpoint is not None):
+                idle = not self._cond.wait(MARK_IDLE_S)
+                self.last_progress = time.monotonic()  # waiting for readings is not a stall
+                if idle and self._applied() > self._mark:
+                    break
+            if self._pending and not self._stopping:
+                deadline = self._first_at + self.commit_delay_s
+                while len(self._pending) < self.batch_max and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
                         break
-                if self._pending and not self._stopping:
-                    deadline = self._first_at + self.commit_delay_s
-                    while len(self._pending) < self.batch_max and not self._stopping:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cond.wait(left)
-                batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.batch_max))]
-                if self._pending:
-                    self._first_at = 0.0  # the rest has waited long enough: next round at once
-                checkpoint, self._checkpoint = self._checkpoint, None
-                stopping = self._stopping
-            if batch:
-                if not self._commit(batch, stopping):
-                    if stopping:
-                        break  # unacked: the broker redelivers them after the next start
-                    self._requeue(batch)
-                    with self._cond:
-                        self._cond.wait(RETRY_S)
-                    continue
-            elif self._applied() > self._mark:
-                self._write_mark()
-            if checkpoint is not None:
-                self._rotate(checkpoint)
-            if stopping and not self._pending:
-                break
+                    self._cond.wait(left)
+            batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.batch_max))]
+            if self._pending:
+                self._first_at = 0.0  # the rest has waited long enough: next round at once
+            checkpoint, self._checkpoint = self._checkpoint, None
+            stopping = self._stopping
+        if batch:
+            seq_before = self._next_seq
+            try:
+                committed = self._commit(batch, stopping)
+            except BaseException:
+                if self._next_seq == seq_before:
+                    self._requeue(batch)  # not written, not acknowledged: try again
+                raise
+            if not committed:
+                if stopping:
+                    return True  # unacked: the broker redelivers them after the next start
+                self._requeue(batch)
+                with self._cond:
+                    self._cond.wait(RETRY_S)
+                return False
+        elif self._applied() > self._mark:
+            self._write_mark()
+        if checkpoint is not None:
+            self._rotate(checkpoint)
+        return stopping and not self._pending
 
     def _requeue(self, batch: list[tuple[RawMessage, int]]) -> None:
         with self._cond:
@@ -407,9 +434,19 @@ class WalWriter:
         if mark > self._mark:
             parts.append(encode_applied(mark))
         msgs = []
-        for i, (msg, _) in enumerate(batch):
-            parts.append(encode_reading(seq0 + i, msg))
-            msgs.append(replace(msg, seq=seq0 + i))
+        kept = []
+        for msg, generation in batch:
+            try:
+                parts.append(encode_reading(seq0 + len(msgs), msg))
+            except (struct.error, ValueError, OverflowError) as exc:  # cannot be logged: never durable
+                log.error("wal_encode_failed", topic=msg.topic, error=str(exc))
+                self._ack(msg, generation)  # or the broker would redeliver it for ever
+                continue
+            msgs.append(replace(msg, seq=seq0 + len(msgs)))
+            kept.append((msg, generation))
+        batch = kept
+        if not batch:
+            return True
         data = b"".join(parts)
         try:
             self._write(data, sync=True)

@@ -273,3 +273,28 @@ def test_relaxed_keeps_no_wal_and_a_sigkill_loses_the_unsnapshotted(broker, daem
     # Acknowledged on receipt and never snapshotted: gone, and the broker has nothing to redeliver.
     assert "shed/temp" not in _metrics(probe, d2)
     assert d2.stop() == 0
+
+
+def test_strict_oversized_payload_is_rejected_not_logged(broker, daemon_factory, probe_factory, tmp_path):
+    """A QoS 1 payload over sensors.max_payload_bytes is acknowledged and rejected (too_large) without
+    entering the WAL: a record that size would read as a torn tail at the next start and cut off the
+    acknowledged readings after it."""
+    d = daemon_factory(broker.port, STRICT + "[sensors]\nmax_payload_bytes = 1024\n")
+    probe = probe_factory(broker.port)
+    probe.subscribe(f"{d.root}/#")
+    probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online")
+    wait_subscribed(probe, d.root)
+    probe.publish("sensors/big/x", json.dumps({"value": 1.0, "ts": 1_750_000_000}), qos=1)
+    probe.publish("sensors/big/x", json.dumps({"value": 2.0, "ts": 1_750_000_060, "pad": "x" * 2000}), qos=1)
+    probe.publish("sensors/big/x", json.dumps({"value": 3.0, "ts": 1_750_000_120}), qos=1)
+    rejected = probe.wait_topic(f"{d.root}/error", lambda m: m.json().get("reason") == "too_large").json()
+    assert rejected["topic"] == "sensors/big/x"
+    wait_for(lambda: len(_wal_payloads(tmp_path / "state")) == 2, 10, what="the two normal readings in the WAL")
+    assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+    probe.clear()
+    d2 = daemon_factory(broker.port, STRICT + "[sensors]\nmax_payload_bytes = 1024\n", node=d.node)
+    probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online")
+    wait_subscribed(probe, d.root)
+    restored = _metrics(probe, d2)["big/x"]
+    assert restored["value"] == 3.0 and restored["readings"] == 2
+    assert d2.stop() == 0

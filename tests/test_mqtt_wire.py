@@ -136,3 +136,31 @@ def test_a_flood_does_not_starve_outgoing_publishes(broker):
         for c in clients:
             c.disconnect()
             c.loop_stop()
+
+
+def test_qos2_publishes_reach_the_link_through_paho_path(broker):
+    """edged subscribes at QoS 0/1, but a QoS 2 delivery (its own path in paho) must not vanish."""
+    import uuid
+
+    from edged.config import Settings
+    from edged.messages import Topics
+    from edged.mqtt import MqttLink
+
+    node = f"w{uuid.uuid4().hex[:8]}"
+    settings = Settings.model_validate({"node": {"id": node}, "mqtt": {"host": "127.0.0.1", "port": broker.port}})
+    got = []
+    link = MqttLink(settings, Topics(settings.mqtt.base_topic, node), got.append)
+    link.set_wanted({"q2/#": 2})
+    link.start()
+    pub = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"q2-pub-{node}")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        wait_for(lambda: link.subscribed.is_set(), 10, what="the link's subscription")
+        pub.publish("q2/a", b"42", qos=2).wait_for_publish(10)
+        wait_for(lambda: got, 10, what="the QoS 2 message")
+        assert (got[0].topic, got[0].payload, got[0].qos) == ("q2/a", b"42", 2)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        link.stop()

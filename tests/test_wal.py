@@ -340,3 +340,27 @@ def test_manual_acknowledgement_only_in_strict_mode(mode, manual):
     assert link.manual_ack is manual
     assert link.client._manual_ack is manual  # paho's own switch (no public getter)
     assert link.ack(5, 1, generation=link.generation + 1) is not manual  # another connection's: not sent
+
+
+def test_writer_survives_an_unexpected_error_and_keeps_acknowledging(tmp_path):
+    """If the writer thread died, nothing would be acknowledged again and intake would stop
+    silently; an error is logged and the round retried, and readings are not written twice."""
+    h = Harness(tmp_path / "wal")
+    failures = []
+    deliver = h.writer._deliver
+
+    def flaky(msgs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("lane hand-over failed")
+        deliver(msgs)
+
+    h.writer._deliver = flaky
+    h.writer.start()
+    h.writer.submit(_msg(0), 1)
+    wait_for(lambda: failures, 5, what="the failing hand-over")
+    for i in range(1, 4):
+        h.writer.submit(_msg(i), 1)
+    wait_for(lambda: len(h.acked) == 4, 10, what="later readings acknowledged")
+    h.writer.stop()
+    assert sorted(m.seq for m in _read_all(h.directory)) == [1, 2, 3, 4]  # the first written once
