@@ -281,14 +281,23 @@ class Daemon:
         found = wal.scan(self.wal_dir, repair=True)
         published = max(found.applied, covered)
         t0 = time.monotonic()
-        replayed = self.pipeline.replay(wal.read(found, after_seq=covered), published_through=published)
+        try:
+            replayed = self.pipeline.replay(wal.read(found, after_seq=covered), published_through=published)
+        except Exception as exc:  # noqa: BLE001 - the same log would fail again at every start
+            aside = self.wal_dir.with_name(f"{self.wal_dir.name}.bad-{int(time.time())}")
+            os.replace(self.wal_dir, aside)
+            log.error("wal_replay_failed", error=f"{type(exc).__name__}: {exc}", moved_to=str(aside),
+                      applied_to_seq=self.pipeline.applied_seq,
+                      hint="the log was set aside so that edged starts; readings after applied_to_seq are not in the state")
+            found = wal.scan(self.wal_dir, repair=True)
+            replayed = 0
         if replayed:
             self.stats.incr("wal_replayed", replayed)
             log.info("wal_replayed", readings=replayed, after_seq=covered, to_seq=self.pipeline.applied_seq,
                      events_published_before=published, seconds=round(time.monotonic() - t0, 3))
         if self.strict:
             self.wal = wal.WalWriter(
-                self.wal_dir, state=found, next_seq=max(found.last_seq, covered) + 1, stats=self.stats,
+                self.wal_dir, state=found, next_seq=max(found.last_seq, covered, found.applied) + 1, stats=self.stats,
                 deliver=self.pipeline.offer_durable, ack=self._ack_durable,
                 applied=lambda: self.pipeline.applied_seq, max_pending=wal.MAX_UNACKED,
             )

@@ -364,3 +364,29 @@ def test_writer_survives_an_unexpected_error_and_keeps_acknowledging(tmp_path):
     wait_for(lambda: len(h.acked) == 4, 10, what="later readings acknowledged")
     h.writer.stop()
     assert sorted(m.seq for m in _read_all(h.directory)) == [1, 2, 3, 4]  # the first written once
+
+
+def test_a_replay_that_fails_sets_the_log_aside_instead_of_failing_every_start(tmp_path, monkeypatch):
+    """An unexpected error while replaying would recur at every start (a crash loop under systemd):
+    the log is set aside with an error line and the daemon starts."""
+    from edged.app import Daemon
+
+    state = tmp_path / "state"
+    h = Harness(state / "wal")
+    h.writer.start()
+    for i in range(3):
+        h.writer.submit(_msg(i), 1)
+    wait_for(lambda: len(h.delivered) == 3, 10, what="3 readings in the log")
+    h.writer.stop()
+    settings = Settings.model_validate({"node": {"id": "replayfail", "state_dir": str(state)},
+                                        "mqtt": {"qos": 1}, "durability": {"mode": "strict"},
+                                        "anomaly": {"detector": "zscore"}, "llm": {"enabled": False}})
+    daemon = Daemon(settings)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the lane")
+
+    monkeypatch.setattr(daemon.pipeline, "replay", broken)
+    daemon.recover()  # no exception
+    assert not (state / "wal").exists() and list(state.glob("wal.bad-*"))
+    assert daemon.wal is not None and daemon.wal.next_seq == 1  # a fresh log
