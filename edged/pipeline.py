@@ -129,6 +129,11 @@ class SensorPipeline:
         self._interval_override = np.zeros(0)
         self._pending_state: set[int] = set()
         self._redeliveries: OrderedDict[tuple, None] = OrderedDict()
+        # As many as the broker may have unacknowledged towards edged, with room to spare (the v5
+        # Receive Maximum edged announces follows mqtt.max_inflight_messages).
+        inflight = settings.mqtt.max_inflight_messages
+        self._redelivery_keep = max(REDELIVERY_KEYS, 4 * inflight)
+        self._snapshot_redelivery_keys = max(SNAPSHOT_REDELIVERY_KEYS, 2 * inflight)
         self._metric_cache: dict[str, bool] = {}
         self._reannounce = threading.Event()
         self.snapshot_due = threading.Event()
@@ -278,18 +283,18 @@ class SensorPipeline:
         if msg.dup and key in self._redeliveries:
             return True
         self._redeliveries[key] = None
-        if len(self._redeliveries) > REDELIVERY_KEYS:
+        if len(self._redeliveries) > self._redelivery_keep:
             self._redeliveries.popitem(last=False)
         return False
 
-    def redelivery_keys(self, limit: int = SNAPSHOT_REDELIVERY_KEYS) -> list[list]:
+    def redelivery_keys(self, limit: int | None = None) -> list[list]:
         """The newest identities, JSON-ready, for the snapshot: a reading the snapshot covers may
         still be redelivered when its acknowledgement was lost in the crash."""
-        keys = list(self._redeliveries)[-limit:]
+        keys = list(self._redeliveries)[-(limit or self._snapshot_redelivery_keys):]
         return [[topic, mid, digest.hex()] for topic, mid, digest in keys]
 
     def restore_redelivery_keys(self, keys: list) -> None:
-        for key in keys[-REDELIVERY_KEYS:]:
+        for key in keys[-self._redelivery_keep:]:
             try:
                 topic, mid, digest = key
                 self._redeliveries[(str(topic), int(mid), bytes.fromhex(digest))] = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import struct
 import threading
 import time
@@ -162,6 +163,29 @@ def _records(fh: BinaryIO, first_seq: int, stop_at: int | None = None) -> Iterat
         yield offset, kind, body
 
 
+def _cut_back(seg: Segment, newest: bool) -> None:
+    """A segment whose records stop before its end. Only the newest can be torn by a crash; a bad
+    frame in an older one is corruption: a copy is kept for inspection before it is cut back."""
+    path, ignored = seg.path, seg.size - seg.end
+    if newest:
+        log.warning("wal_torn_tail", path=str(path), offset=seg.end, ignored_bytes=ignored,
+                    hint="the end of the log was torn by a crash (or is corrupt); readings before it are replayed")
+    else:
+        aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
+        try:
+            shutil.copyfile(path, aside)
+        except OSError:
+            aside = None
+        log.error("wal_corrupt_segment", path=str(path), offset=seg.end, ignored_bytes=ignored,
+                  copy=str(aside) if aside else None,
+                  hint="readings after the bad record in this segment are not replayed; later segments are")
+    try:
+        os.truncate(path, seg.end)  # so that the next start does not warn again
+        seg.size = seg.end
+    except OSError as exc:
+        log.warning("wal_truncate_failed", path=str(path), error=exc.strerror or str(exc))
+
+
 def scan(directory: Path, repair: bool = False) -> WalState:
     """Read every segment's header and records. With ``repair`` (the daemon at start): set aside
     segments with a bad header, remove empty ones, cut torn tails off, and log each; without it
@@ -199,18 +223,14 @@ def scan(directory: Path, repair: bool = False) -> WalState:
         except OSError as exc:
             log.warning("wal_unreadable", path=str(path), error=exc.strerror or str(exc))
             continue
-        if seg.end < size and repair:
-            log.warning("wal_torn_tail", path=str(path), offset=seg.end, ignored_bytes=size - seg.end,
-                        hint="the end of the log was torn by a crash (or is corrupt); readings before it are replayed")
-            try:
-                os.truncate(path, seg.end)  # so that the next start does not warn again
-                seg.size = seg.end
-            except OSError as exc:
-                log.warning("wal_truncate_failed", path=str(path), error=exc.strerror or str(exc))
         state.segments.append(seg)
         state.readings += seg.readings
         if seg.readings:
             state.last_seq = max(state.last_seq, seg.last_seq)
+    if repair:
+        for seg in state.segments:
+            if seg.end < seg.size:
+                _cut_back(seg, newest=seg is state.segments[-1])
     return state
 
 

@@ -390,3 +390,38 @@ def test_a_replay_that_fails_sets_the_log_aside_instead_of_failing_every_start(t
     daemon.recover()  # no exception
     assert not (state / "wal").exists() and list(state.glob("wal.bad-*"))
     assert daemon.wal is not None and daemon.wal.next_seq == 1  # a fresh log
+
+
+def test_corruption_in_an_older_segment_is_kept_for_inspection(tmp_path, capsys):
+    """Only the newest segment can be torn by a crash; a bad frame in an older one is corruption:
+    a copy is kept, an error names it, and the later segments are still replayed."""
+    directory = tmp_path / "wal"
+    older = _write_segment(directory, 10)
+    h = Harness(directory)  # a restart: the next readings go to a new segment
+    h.writer.start()
+    for i in range(10, 15):
+        h.writer.submit(_msg(i), 1)
+    wait_for(lambda: len(h.delivered) == 5, 5, what="5 readings in the newer segment")
+    h.writer.stop()
+    assert len(list(directory.glob("*.wal"))) == 2
+    data = bytearray(older.read_bytes())
+    data[-40] ^= 0xFF  # inside the older segment's last record
+    older.write_bytes(bytes(data))
+    state = wal.scan(directory, repair=True)
+    assert [m.seq for m in wal.read(state)] == list(range(1, 10)) + list(range(11, 16))
+    assert len(list(directory.glob("*.wal.bad-*"))) == 1  # the corrupt original, kept
+
+
+def test_redelivery_memory_follows_the_inflight_window():
+    """With a large mqtt.max_inflight_messages more readings may be unacknowledged at a crash than
+    the default memory of 4,096 identities: the memory grows with the window."""
+    settings = Settings.model_validate({"node": {"id": "wal", "clock": "data"}, "durability": {"mode": "strict"},
+                                        "mqtt": {"max_inflight_messages": 5000},
+                                        "anomaly": {"window": 16, "learning_readings": 8}})
+    p = SensorPipeline(settings, Topics("edged", "wal"), make_detector("zscore", 16, 8), lambda *a, **k: True, Stats())
+    bare = [RawMessage(f"sensors/m{i % 50}/v", f"{i}".encode(), T0 + i, qos=1, mid=i % 65535 + 1) for i in range(10_000)]
+    p.process(bare)
+    first = bare[0]
+    p.process([RawMessage(first.topic, first.payload, T0 + 20_000, qos=1, mid=first.mid, dup=True)])
+    assert p.stats.snapshot()["duplicates"] == 1
+    assert len(p.redelivery_keys()) == 10_000  # 2 x the window go into a snapshot
