@@ -34,6 +34,14 @@ from .sdnotify import Notifier
 from .stats import Stats
 
 MIN_SNAPSHOT_GAP_S = 2.0
+# ... and at most this many bytes a second on average between them: with the model detector a
+# snapshot holds ~57 KB per metric, so 1,000 metrics every 2 s would be ~28 MB/s for an SD card.
+SNAPSHOT_BYTES_PER_S = 1_000_000
+
+
+def snapshot_gap_s(snapshot_bytes: int) -> float:
+    """The least time between two snapshots taken early (episode boundaries, the WAL's size)."""
+    return max(MIN_SNAPSHOT_GAP_S, snapshot_bytes / SNAPSHOT_BYTES_PER_S)
 # `online` waits for the command link's subscription, but not for ever: a broker that refuses
 # the second connection must not keep the node offline.
 COMMAND_LINK_GRACE_S = 5.0
@@ -80,6 +88,7 @@ class Daemon:
         spool = Spool(self.state_dir / "spool.sqlite", settings.durability.spool_max_messages) if writable else None
         self.publisher = Publisher(self.mqtt.publish, self.mqtt.connected.is_set, self.stats, spool)
         self.snapshot_path = self.state_dir / "state.npz" if writable else None
+        self.snapshot_bytes = 0  # the size of the last snapshot written
         self.pipeline = SensorPipeline(settings, self.topics, detector, self.publisher, self.stats)
         self.pipeline.is_connected = self.mqtt.connected.is_set
         self.pipeline.stats_extra = self._extra_stats
@@ -262,6 +271,7 @@ class Daemon:
             return False
         try:
             size, wal_seq = snapshot.save(self.snapshot_path, self.pipeline)
+            self.snapshot_bytes = size
             self.stats.incr("snapshots")
             log.debug("snapshot_saved", bytes=size, wal_seq=wal_seq)
         except OSError as exc:
@@ -337,13 +347,14 @@ class Daemon:
             now = time.monotonic()
             if self.publisher.spool is not None and self.mqtt.connected.is_set() and self.publisher.depth():
                 self.publisher.flush()
-            # Episode boundaries are snapshotted promptly, but at most every MIN_SNAPSHOT_GAP_S:
-            # an event storm must not turn into a write storm on an SD card.
+            # Episode boundaries are snapshotted promptly, but not more often than snapshot_gap_s
+            # allows: an event storm must not turn into a write storm on an SD card.
             # strict: also after WAL_SNAPSHOT_READINGS logged readings, which bounds the replay at
             # start (a long replay before READY=1 would run into systemd's start timeout).
-            wal_due = (self.wal is not None and now - last_snapshot >= MIN_SNAPSHOT_GAP_S
+            early_ok = now - last_snapshot >= snapshot_gap_s(self.snapshot_bytes)
+            wal_due = (self.wal is not None and early_ok
                        and self.pipeline.applied_seq - snapshot_seq >= WAL_SNAPSHOT_READINGS)
-            if (self.pipeline.snapshot_due.is_set() and now - last_snapshot >= MIN_SNAPSHOT_GAP_S) or now >= next_snapshot or wal_due:
+            if (self.pipeline.snapshot_due.is_set() and early_ok) or now >= next_snapshot or wal_due:
                 self.pipeline.snapshot_due.clear()
                 snapshot_seq = self.pipeline.applied_seq
                 self.save_snapshot()

@@ -298,3 +298,13 @@ def test_strict_oversized_payload_is_rejected_not_logged(broker, daemon_factory,
     restored = _metrics(probe, d2)["big/x"]
     assert restored["value"] == 3.0 and restored["readings"] == 2
     assert d2.stop() == 0
+
+
+def test_early_snapshots_are_spaced_by_their_size():
+    """Episode boundaries snapshot promptly, but a large state (the model detector keeps ~57 KB per
+    metric) is not rewritten every 2 s during an event storm: about 1 MB/s at most."""
+    from edged.app import MIN_SNAPSHOT_GAP_S, snapshot_gap_s
+
+    assert snapshot_gap_s(0) == snapshot_gap_s(500_000) == MIN_SNAPSHOT_GAP_S
+    assert snapshot_gap_s(57_000 * 1000) == 57.0  # 1,000 metrics
+    assert snapshot_gap_s(57_000 * 100) == 5.7
