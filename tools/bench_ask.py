@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 
 from bench_pipeline import Broker as _Broker  # noqa: E402
-from bench_pipeline import code_version, machine_info, percentile, wait_for  # noqa: E402
+from bench_pipeline import code_version, machine_info, percentile, start_edged, stop_edged, wait_for  # noqa: E402
 
 from edged.mqtt import set_no_delay  # noqa: E402
 
@@ -554,16 +554,13 @@ def main(argv: list[str] | None = None) -> int:
     load_start = _loadavg()
     log(f"bench_ask: {machine['cpu']}, {machine['cores']} cores, load average {load_start}; temp dir {tmp}")
     broker = cloud = daemon = asker = None
-    daemon_log = None
     runs: list[Run] = []
     cli = None
     try:
         broker = Broker(tmp, args.broker_nodelay).start()
         cloud = FixedDelayCloud(args.cloud_delay).start()
         config = daemon_config(tmp, broker.port, cloud.base_url, args.llm)
-        daemon_log = open(tmp / "edged.log", "ab")
-        daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(config)],
-                                  stdout=daemon_log, stderr=subprocess.STDOUT, env=daemon_env(), cwd=tmp)
+        daemon = start_edged(config, tmp, env=daemon_env())
         asker = Asker(broker.port)
         wait_for(lambda: asker.stats or daemon.poll() is not None, 30, "the daemon's stats")
         if daemon.poll() is not None:
@@ -588,15 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if asker:
             asker.close()
-        if daemon and daemon.poll() is None:
-            daemon.terminate()
-            try:
-                daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait(5)
-        if daemon_log:
-            daemon_log.close()
+        stop_edged(daemon, 15)
         if cloud:
             cloud.stop()
         if broker:

@@ -23,9 +23,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import REPO, Broker, RawPublisher, _utf8, code_version, cpu_seconds, machine_info, wait_for  # noqa: E402
+from bench_pipeline import (REPO, Broker, RawPublisher, _utf8, code_version, cpu_seconds,  # noqa: E402
+                            machine_info, start_edged, stop_edged, wait_for)
 
 from edged.wal import BATCH_MAX, COMMIT_DELAY_S  # noqa: E402
 
@@ -110,8 +109,7 @@ def run_once(args, config: str, parent: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-dur-{mode}-", dir=parent))
     broker = Broker(tmp, max_inflight=args.inflight, max_queued=1_000_000).start()
     conf = _config(tmp, broker.port, mode, protocol, args.metrics)
-    daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(conf)],
-                              stdout=open(tmp / "edged.log", "wb"), stderr=subprocess.STDOUT, cwd=tmp)
+    daemon = start_edged(conf, tmp)
     monitor = Monitor(broker.port)
     try:
         monitor.wait_ready()
@@ -149,12 +147,7 @@ def run_once(args, config: str, parent: Path) -> dict:
         }
     finally:
         monitor.close()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(5)
+        stop_edged(daemon)
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -234,6 +234,29 @@ class Broker:
                 self.proc.wait(5)
 
 
+def start_edged(config: Path, workdir: Path, *, prefix: list[str] | None = None, env: dict | None = None,
+                log_name: str = "edged.log") -> subprocess.Popen:
+    """``python -m edged run`` on ``config`` (the tools' one way to start it): its output goes to
+    ``workdir/log_name``, the caller's EDGED_* variables stay out (they would override the config)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+    clean.update(env or {})
+    log = open(workdir / log_name, "ab")
+    return subprocess.Popen([*(prefix or []), sys.executable, "-m", "edged", "run", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT, env=clean, cwd=workdir)
+
+
+def stop_edged(daemon: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    """SIGTERM (edged drains and says `offline`), SIGKILL when it does not exit in time."""
+    if daemon is None or daemon.poll() is not None:
+        return
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait(5)
+
+
 # =========================================================================== publishers (raw MQTT 3.1.1)
 
 
@@ -577,10 +600,7 @@ def run_session(args, tmp: Path, consumer: str, qos: int, repeat: int, log) -> S
         # ---- consumer
         if consumer == "edged":
             cfg = _edged_config(tmp, broker.port, qos, args.metrics)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
-            cmd = [*shlex.split(args.daemon_prefix), sys.executable, "-m", "edged", "run", "--config", str(cfg)]
-            daemon_log = open(tmp / f"edged-{broker.port}.log", "ab")
-            daemon = subprocess.Popen(cmd, stdout=daemon_log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+            daemon = start_edged(cfg, tmp, prefix=shlex.split(args.daemon_prefix), log_name=f"edged-{broker.port}.log")
             consumer_pid = daemon.pid
             mon = ctx.Process(target=monitor_main, args=(broker.port, qos, progress, ready, stop, str(out_path)),
                               daemon=True)
@@ -588,7 +608,7 @@ def run_session(args, tmp: Path, consumer: str, qos: int, repeat: int, log) -> S
             procs.append(mon)
             wait_for(lambda: ready.is_set() or daemon.poll() is not None, 60, "edged to process a probe reading")
             if daemon.poll() is not None:
-                raise RuntimeError(f"edged exited with {daemon.returncode}; see {daemon_log.name}")
+                raise RuntimeError(f"edged exited with {daemon.returncode}; see {tmp / ('edged-%d.log' % broker.port)}")
             if args.print_pids:
                 log(f"    edged pid {daemon.pid}")
         else:
@@ -698,14 +718,7 @@ def run_session(args, tmp: Path, consumer: str, qos: int, repeat: int, log) -> S
             p.join(10)
             if p.is_alive():
                 p.kill()
-        if daemon is not None:
-            if daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-                try:
-                    daemon.wait(15)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-                    daemon.wait(5)
+        stop_edged(daemon, 15)
         broker.stop()
 
     # ---- analysis

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import Broker, _paho_client, machine_info, percentile, wait_for  # noqa: E402
+from bench_pipeline import Broker, _paho_client, machine_info, percentile, start_edged, stop_edged, wait_for  # noqa: E402
 
 NODE = "sumbench"
 
@@ -46,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         f'[llm]\nenabled = true\nload = "start"\nthreads = {args.threads}\nmodel = "{args.llm.name}"\n'
         f'[models]\ndir = "{args.llm.parent}"\n[log]\nlevel = "warning"\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
-    log = open(tmp / "edged.log", "ab")
-    daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)], stdout=log,
-                              stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    daemon = start_edged(cfg, tmp)
     events: dict[tuple[str, str], float] = {}
     lock = threading.Lock()
     client = _paho_client(f"sumbench-{os.getpid()}")
@@ -94,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         client.disconnect()
         client.loop_stop()
-        daemon.terminate()
-        daemon.wait(30)
+        stop_edged(daemon, 30)
         broker.stop()
     m = machine_info()
     print(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; model {args.llm}, {args.threads} threads")

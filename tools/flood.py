@@ -25,7 +25,6 @@ import multiprocessing as mp
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,6 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import (  # noqa: E402 - tools share the benchmark's broker and publishers
     Broker,
+    start_edged,
+    stop_edged,
     RawPublisher,
     _paho_client,
     _utf8,
@@ -133,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         f'[sensors]\ntopics = ["{PREFIX}/#"]\nmax_metrics = {args.metrics + 10}\n{queue}'
         f'[log]\nlevel = "warning"\nformat = "json"\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
-    daemon_log = open(tmp / "edged.log", "ab")
-    daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)],
-                              stdout=daemon_log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    daemon = start_edged(cfg, tmp)
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     sent = [ctx.Value("q", 0, lock=False) for _ in range(args.publishers)]
@@ -145,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_for(lambda: (tmp / "state").exists() or daemon.poll() is not None, 30, "edged to start")
         if daemon.poll() is not None:
-            raise RuntimeError(f"edged exited with {daemon.returncode}; see {daemon_log.name}")
+            raise RuntimeError(f"edged exited with {daemon.returncode}; see {tmp / 'edged.log'}")
         req = ctx.Process(target=requester, args=(broker.port, args.request_every, args.deadline, stop, str(tmp / "req.json")))
         req.start()
         time.sleep(2)  # edged and the requester settle before the flood
@@ -172,12 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         watcher.join(10)
     finally:
         stop.set()
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+        stop_edged(daemon)
         broker.stop()
 
     stats = json.loads((tmp / "stats.json").read_text()) if (tmp / "stats.json").exists() else []
