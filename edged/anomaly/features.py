@@ -18,7 +18,8 @@ Channels (all in units of the metric's running range ``hi - lo`` of the readings
 
 Calibration: each channel (except ``excursion``, which has a fixed scale) is divided by
 its own rolling order statistic (``calib_q`` quantile of its previous ``calib_len`` values,
-zero-filled at start, floored at ``floor``); the score is ``r^2 / (r^2 + rho_half^2)`` of the
+zero-filled at start, floored at ``floor``), and those in ``long_use`` by at least
+``long_gamma`` x their peak since learning, decayed with a half-life of ``long_half`` readings; the score is ``r^2 / (r^2 + rho_half^2)`` of the
 largest ratio ``r``. Refractory (``refractory_mode = "level"``, shipped): after an emitted
 score >= 0.5 the scores of the following period are scaled by ``suppress`` unless a ratio
 exceeds ``escalate`` x the one that opened it; the period lasts ``refractory`` readings, or
@@ -48,7 +49,18 @@ class Params:
     calib_len: int = 1000
     calib_q: float = 0.99
     calib_every: int = 8  # recompute each channel's order statistic every k readings (held between)
+    # calibration history in time blocks: the readings of one calib_block_s bucket (counted from the
+    # metric's first reading) enter the history as one value, their max, so a metric read every
+    # second keeps the calibration horizon (and the false-alarm rate per day) of one read every
+    # calib_block_s; readings further apart than that are one block each (0: every reading a block)
+    calib_block_s: float = 0.0
     floor: float = 0.01
+    # long memory: a calibrated channel (of long_use) is also divided by long_gamma x its decayed
+    # peak since learning (half-life long_half readings), so a clean series' false alarms thin out
+    # with time instead of recurring at the rate the 1,000-reading order statistic allows
+    long_gamma: float = 0.0  # 0: off
+    long_half: float = 3000.0
+    long_use: tuple = ("model",)
     excursion_scale: float = 0.03
     # excursion also needs excursion_noise x the step noise (1.4826 x median |x[i] - x[i-1]| / sqrt(2)
     # over the noise_len readings before t): a new extreme by less than a few noise sd is not news
@@ -75,13 +87,15 @@ class Params:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["use"] = list(self.use)
+        d["long_use"] = list(self.long_use)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Params":
         d = dict(d)
-        if "use" in d:
-            d["use"] = tuple(d["use"])
+        for k in ("use", "long_use"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**d)
 
     def with_(self, **kw) -> "Params":
@@ -309,8 +323,39 @@ def rolling_order_stat(c: np.ndarray, n: int, q: float, every: int = 1, block: i
     return np.repeat(vals, every)[:T]
 
 
-def calibrate(ch: dict, p: Params) -> np.ndarray:
-    """Largest calibrated ratio over the channels in use (float64[T])."""
+def decayed_peak(c: np.ndarray, half: float) -> np.ndarray:
+    """M[t] = max over s < t of c[s] * 2^(-(t-1-s)/half), 0 when there is none.
+    The streaming detector keeps M by M <- max(M * 2^(-1/half), c[t]); here in the log domain."""
+    T = len(c)
+    ld = -np.log(2.0) / half
+    s = np.arange(T)
+    keep = c > 0
+    lc = np.full(T, -np.inf)
+    lc[keep] = np.log(c[keep])
+    cm = np.maximum.accumulate(lc - s * ld)
+    out = np.zeros(T)
+    out[1:] = np.exp(cm[:-1] + (s[1:] - 1) * ld)
+    return out
+
+
+def calibration_groups(T: int, p: Params, times: np.ndarray | None = None) -> np.ndarray:
+    """Index of each reading's calibration block (non-decreasing; 0..T-1 without time blocks)."""
+    if p.calib_block_s <= 0 or times is None or T == 0:
+        return np.arange(T)
+    ts = np.asarray(times, dtype=float)
+    b = np.floor((ts - ts[0]) / p.calib_block_s)
+    return np.cumsum(np.r_[False, b[1:] != b[:-1]])
+
+
+def calibrate(ch: dict, p: Params, learning: np.ndarray | None = None,
+              times: np.ndarray | None = None) -> np.ndarray:
+    """Largest calibrated ratio over the channels in use (float64[T]). ``learning`` marks the
+    readings kept out of the long-memory peak (the learning period's distances are inflated:
+    the nearest-window memory is still nearly empty). A reading is calibrated by the blocks
+    completed before its own (:func:`calibration_groups`)."""
+    T = len(next(iter(ch.values())))
+    g = calibration_groups(T, p, times)
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if T else np.zeros(0, dtype=np.int64)
     ratios = []
     for name in p.use:
         if name not in ch:
@@ -323,7 +368,13 @@ def calibrate(ch: dict, p: Params) -> np.ndarray:
         elif name == "stuck":
             ratios.append(wgt * c)
         else:
-            o = rolling_order_stat(c, p.calib_len, p.calib_q, p.calib_every)
+            blocks = np.maximum.reduceat(c, starts) if T else c
+            o = rolling_order_stat(blocks, p.calib_len, p.calib_q, p.calib_every)
+            if p.long_gamma > 0 and name in p.long_use:
+                kept = c if learning is None else np.where(learning, 0.0, c)
+                kept_blocks = np.maximum.reduceat(kept, starts) if T else kept
+                o = np.maximum(o, p.long_gamma * decayed_peak(kept_blocks, p.long_half))
+            o = o[g]
             ratios.append(wgt * c / np.maximum(o, p.floor))
     return np.max(np.vstack(ratios), axis=0)
 
@@ -399,7 +450,8 @@ def learning_mask(T: int, p: Params, times: np.ndarray | None = None) -> np.ndar
 
 
 def score_from_channels(ch: dict, p: Params, times: np.ndarray | None = None) -> np.ndarray:
-    return score_from_ratio(calibrate(ch, p), p, times)
+    T = len(next(iter(ch.values())))
+    return score_from_ratio(calibrate(ch, p, learning_mask(T, p, times), times), p, times)
 
 
 def score_series(x: np.ndarray, p: Params, model=None, times: np.ndarray | None = None) -> np.ndarray:

@@ -58,12 +58,15 @@ class ModelDetector:
         self.ring_len = p.knn_memory + p.knn_window
         self.encoder = self.model is not None and self.model.kind == "encoder"
         self.mring_len = p.knn_memory + (self.model.window if self.model is not None else 0)
+        self.long_decay = 2.0 ** (-1.0 / p.long_half)
         self.capacity = 0
         self._alloc(capacity)
 
     # ------------------------------------------------------------------ state
     _STATE = ("n", "lo", "hi", "emb", "hist", "qstat", "prev_r", "until", "until_time", "first_time", "run",
-              "best_run", "last_fire", "last_gap", "memb")
+              "best_run", "last_fire", "last_gap", "memb", "lpeak", "block", "group", "gmax", "gmax_kept")
+    # newer than some snapshots (those kept every reading as its own calibration block)
+    _ADDED = ("lpeak", "block", "group", "gmax", "gmax_kept")
 
     def _alloc(self, capacity: int) -> None:
         p = self.p
@@ -75,6 +78,12 @@ class ModelDetector:
         self.emb = np.full((capacity, self.ring_len if knn else 1, p.knn_window if knn else 1), np.nan)
         self.hist = np.zeros((capacity, len(self.cal_channels), p.calib_len))
         self.qstat = np.zeros((capacity, len(self.cal_channels)))
+        nc = len(self.cal_channels)
+        self.lpeak = np.zeros((capacity, nc))  # decayed peak of the completed blocks since learning (long_gamma)
+        self.block = np.full(capacity, -1, dtype=np.int64)  # calibration block of the last reading
+        self.group = np.zeros(capacity, dtype=np.int64)  # index of the current block among the metric's blocks
+        self.gmax = np.zeros((capacity, nc))  # each channel's max over the current block
+        self.gmax_kept = np.zeros((capacity, nc))  # ... over its readings past learning
         esc = p.refractory_mode != "level"
         self.prev_r = np.zeros((capacity, max(p.refractory, 1) if esc else 1))
         self.until = np.full(capacity, -1, dtype=np.int64)
@@ -99,12 +108,18 @@ class ModelDetector:
         return {name: getattr(self, name)[:n] for name in self._STATE}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        if set(state) != set(self._STATE) or any(state[k].shape[1:] != getattr(self, k).shape[1:] for k in self._STATE):
+        if set(self._STATE) - set(self._ADDED) - set(state) or set(state) - set(self._STATE) or any(
+                state[k].shape[1:] != getattr(self, k).shape[1:] for k in state):
             return  # saved with other params or another model: learn afresh
         n = len(state["n"])
         self._ensure(np.array([max(n - 1, 0)]))
-        for name in self._STATE:
+        for name in state:
             getattr(self, name)[:n] = state[name]
+        if "group" not in state:  # every reading was a block: the last one is the current block
+            last = np.maximum(state["n"] - 1, 0)
+            self.group[:n] = last
+            self.gmax[:n] = self.gmax_kept[:n] = self.hist[np.arange(n), :, last % self.p.calib_len]
+            self.block[:n] = -1
 
     def _ensure(self, slots: np.ndarray) -> None:
         need = int(slots.max()) + 1 if len(slots) else 0
@@ -127,6 +142,11 @@ class ModelDetector:
         self.emb[slot] = np.nan
         self.hist[slot] = 0.0
         self.qstat[slot] = 0.0
+        self.lpeak[slot] = 0.0
+        self.block[slot] = -1
+        self.group[slot] = 0
+        self.gmax[slot] = 0.0
+        self.gmax_kept[slot] = 0.0
         self.prev_r[slot] = 0.0
         self.until[slot] = -1
         self.until_time[slot] = -np.inf
@@ -227,10 +247,25 @@ class ModelDetector:
             if name in ch:
                 ch[name] = np.where(sg < L - 1, 0.0, ch[name])
 
-        # calibration by rolling order statistic of each channel's own history
-        ratios = []
+        # calibration by a rolling order statistic of each channel's own history of block maxima
         kq = int(p.calib_q * (p.calib_len - 1))
-        hpos = np.mod(t, p.calib_len)
+        if p.calib_block_s > 0:
+            block = np.floor((now - self.first_time[slots]) / p.calib_block_s).astype(np.int64)
+        else:
+            block = t
+        closing = (t > 0) & (block != self.block[slots])  # this reading starts a new block
+        cs = slots[closing]
+        if len(cs):  # the finished block enters the history and the long-memory peak
+            self.hist[cs, :, np.mod(self.group[cs], p.calib_len)] = self.gmax[cs]
+            self.lpeak[cs] = np.maximum(self.lpeak[cs] * self.long_decay, self.gmax_kept[cs])
+            self.group[cs] += 1
+            self.gmax[cs] = 0.0
+            self.gmax_kept[cs] = 0.0
+        self.block[slots] = block
+        due = slots[(t == 0) | (closing & (self.group[slots] % p.calib_every == 0))]
+        if len(due):
+            self.qstat[due] = np.partition(self.hist[due], kq, axis=2)[:, :, kq]
+        ratios = []
         for name in p.use:
             if name not in ch:
                 continue
@@ -243,13 +278,12 @@ class ModelDetector:
                 ratios.append(wgt * ch[name])
                 continue
             j = self.cal_channels.index(name)
-            due = np.flatnonzero(t % p.calib_every == 0)
-            if len(due):
-                h = self.hist[slots[due], j]  # (b, N)
-                self.qstat[slots[due], j] = np.partition(h, kq, axis=1)[:, kq]
             o = self.qstat[slots, j]
+            if p.long_gamma > 0 and name in p.long_use:
+                o = np.maximum(o, p.long_gamma * self.lpeak[slots, j])
             ratios.append(wgt * ch[name] / np.maximum(o, p.floor))
-            self.hist[slots, j, hpos] = ch[name]
+            self.gmax[slots, j] = np.maximum(self.gmax[slots, j], ch[name])
+            self.gmax_kept[slots, j] = np.maximum(self.gmax_kept[slots, j], np.where(learning, 0.0, ch[name]))
         r = np.max(np.vstack(ratios), axis=0)
         r[learning] = 0.0  # nothing is emitted while learning, so nothing opens a refractory period
 

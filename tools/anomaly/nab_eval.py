@@ -41,13 +41,13 @@ sys.path.insert(0, EVAL_DIR)
 
 import nab_score  # noqa: E402
 
-from edged.anomaly.features import Params, calibrate, raw_channels, score_from_channels, score_from_ratio  # noqa: E402
+from edged.anomaly.features import Params, calibrate, learning_mask, raw_channels, score_from_channels, score_from_ratio  # noqa: E402
 from edged.detector import appended_mask, spread_scores  # noqa: E402
 
 CATEGORIES = ["artificialNoAnomaly", "artificialWithAnomaly", "realAWSCloudwatch", "realKnownCause"]
 STRUCTURAL = ("knn_window", "knn_memory", "knn_center", "ls_recent", "ls_ref", "use", "stuck_min", "stuck_scale",
               "gap_context", "gap_factor", "excursion_noise", "noise_len")
-CALIBRATION = STRUCTURAL + ("calib_len", "calib_q", "calib_every", "floor", "excursion_scale", "weights")
+CALIBRATION = STRUCTURAL + ("calib_len", "calib_q", "calib_every", "floor", "excursion_scale", "weights", "long_gamma", "long_half", "long_use", "calib_block_s", "learn", "learn_s")
 
 
 # ----------------------------------------------------------------------------- data
@@ -185,7 +185,7 @@ def parse_set(items):
     kw = {}
     for it in items or []:
         k, v = it.split("=", 1)
-        if k == "use":
+        if k in ("use", "long_use"):
             kw[k] = tuple(v.split(","))
         elif k == "weights":
             kw[k] = json.loads(v)
@@ -276,7 +276,7 @@ def main(argv=None):
             p = base.with_(**upd)
             key = tuple((k, str(getattr(p, k))) for k in CALIBRATION)
             if key not in ratio_cache:
-                ratio_cache[key] = [calibrate(ch, p) for ch in channels_for(p)]
+                ratio_cache[key] = [calibrate(ch, p, learning_mask(len(tm), p, tm), tm) for ch, tm in zip(channels_for(p), times)]
             sc = [corpus.spread(f, score_from_ratio(r, p, tm)) for f, r, tm in zip(corpus.files, ratio_cache[key], times)]
             label = json.dumps(upd, sort_keys=True)
             results[label] = sc
