@@ -196,28 +196,33 @@ def test_long_memory_thins_false_alarms_on_clean_daily_cycles():
 
 
 def test_snapshot_from_before_time_blocks_and_long_memory_still_loads():
-    """A snapshot written before the calibration blocks and the long-memory peak existed keeps
-    the metric's learning and calibration history; the peak refills from there."""
+    """A snapshot written before the calibration blocks, the long-memory peak and the norm rings
+    existed keeps the metric's learning, calibration history and embeddings."""
     a, b = make_detector("model", 64, 30), make_detector("model", 64, 30)
     w = a.window
     rng = np.random.default_rng(2)
+    n = 230
+    pad_v = np.concatenate([np.full(w, np.nan), 20 + rng.normal(size=n)])
+    pad_t = np.concatenate([np.full(w, np.nan), 1_750_000_000.0 + 300.0 * np.arange(n)])
     slot = np.array([0])
 
-    def reading(i):
-        v, tt = np.full((1, w), np.nan), np.full((1, w), np.nan)
-        v[0, -1], tt[0, -1] = 20 + rng.normal(), 1_750_000_000.0 + 300.0 * i
-        return v, tt
+    def window(i):
+        return pad_v[None, i + 1:i + 1 + w], pad_t[None, i + 1:i + 1 + w]
 
-    for i in range(50):
-        a.score(slot, *reading(i))
+    for i in range(200):
+        a.score(slot, *window(i))
     old = {k: x.copy() for k, x in a.state_dict(1).items() if k not in a._ADDED}
+    old["memb"][np.isinf(a.mnorm[:1])] = np.nan  # the old rings marked an empty place with NaN
+    old["hist"][0, :, 199] = a.gmax[0]  # and wrote each reading into the calibration ring at once
+    assert np.isnan(old["memb"]).any() and not np.isnan(old["memb"]).all()
     b.load_state_dict(old)
-    assert b.n[0] == 50 and b.lpeak[0].sum() == 0.0
-    nxt = reading(50)
-    a.score(slot, *nxt)
-    b.score(slot, *nxt)
+    assert b.n[0] == 200 and b.lpeak[0].sum() == 0.0
+    for i in range(200, n):
+        np.testing.assert_array_equal(a.score(slot, *window(i)), b.score(slot, *window(i)))  # learning: NaN
     np.testing.assert_array_equal(a.hist[0], b.hist[0])  # the history goes on where it was
-    assert a.group[0] == b.group[0] == 50
+    np.testing.assert_array_equal(a.memb[0], b.memb[0])
+    np.testing.assert_array_equal(a.mnorm[0], b.mnorm[0])
+    assert a.group[0] == b.group[0] == n - 1
 
 
 def _ar1(n: int, seed: int) -> np.ndarray:

@@ -64,9 +64,11 @@ class ModelDetector:
 
     # ------------------------------------------------------------------ state
     _STATE = ("n", "lo", "hi", "emb", "hist", "qstat", "prev_r", "until", "until_time", "first_time", "run",
-              "best_run", "last_fire", "last_gap", "memb", "lpeak", "block", "group", "gmax", "gmax_kept")
-    # newer than some snapshots (those kept every reading as its own calibration block)
-    _ADDED = ("lpeak", "block", "group", "gmax", "gmax_kept")
+              "best_run", "last_fire", "last_gap", "memb", "lpeak", "block", "group", "gmax", "gmax_kept",
+              "enorm", "mnorm")
+    # newer than some snapshots (those kept every reading as its own calibration block, and NaN for
+    # an empty place in the embedding rings instead of a zero vector with an infinite norm)
+    _ADDED = ("lpeak", "block", "group", "gmax", "gmax_kept", "enorm", "mnorm")
 
     def _alloc(self, capacity: int) -> None:
         p = self.p
@@ -75,7 +77,9 @@ class ModelDetector:
         self.lo = np.zeros(capacity)
         self.hi = np.zeros(capacity)
         knn = "knn" in p.use
-        self.emb = np.full((capacity, self.ring_len if knn else 1, p.knn_window if knn else 1), np.nan)
+        # embedding rings: an empty place is a zero vector whose squared norm (enorm, mnorm) is inf
+        self.emb = np.zeros((capacity, self.ring_len if knn else 1, p.knn_window if knn else 1))
+        self.enorm = np.full((capacity, self.ring_len if knn else 1), np.inf)
         self.hist = np.zeros((capacity, len(self.cal_channels), p.calib_len))
         self.qstat = np.zeros((capacity, len(self.cal_channels)))
         nc = len(self.cal_channels)
@@ -93,8 +97,8 @@ class ModelDetector:
         self.best_run = np.zeros(capacity, dtype=np.int64)
         self.last_fire = np.full(capacity, np.inf)
         self.last_gap = np.full(capacity, -(10**12), dtype=np.int64)
-        self.memb = np.full((capacity, self.mring_len if self.encoder else 1, self.model.dim if self.encoder else 1),
-                            np.nan)
+        self.memb = np.zeros((capacity, self.mring_len if self.encoder else 1, self.model.dim if self.encoder else 1))
+        self.mnorm = np.full((capacity, self.mring_len if self.encoder else 1), np.inf)
         if old:
             k = old["capacity"]
             for name in self._STATE:
@@ -103,7 +107,7 @@ class ModelDetector:
 
     def state_dict(self, n: int) -> dict[str, np.ndarray]:
         """Per-slot state of slots [0, n) for the snapshot: a restart neither re-learns nor
-        loses its calibration (about 57 KB per metric with the shipped params)."""
+        loses its calibration (about 64 KB per metric with the shipped params)."""
         self._ensure(np.array([max(n - 1, 0)]))
         return {name: getattr(self, name)[:n] for name in self._STATE}
 
@@ -115,6 +119,12 @@ class ModelDetector:
         self._ensure(np.array([max(n - 1, 0)]))
         for name in state:
             getattr(self, name)[:n] = state[name]
+        for ring, norm in (("emb", "enorm"), ("memb", "mnorm")):
+            if norm not in state:  # NaN marked an empty place
+                e = getattr(self, ring)[:n]
+                empty = np.isnan(e).any(axis=2)
+                e[empty] = 0.0
+                getattr(self, norm)[:n] = np.where(empty, np.inf, np.einsum("bmj,bmj->bm", e, e))
         if "group" not in state:  # every reading was a block: the last one is the current block
             last = np.maximum(state["n"] - 1, 0)
             self.group[:n] = last
@@ -139,7 +149,8 @@ class ModelDetector:
             return
         self.n[slot] = 0
         self.lo[slot] = self.hi[slot] = 0.0
-        self.emb[slot] = np.nan
+        self.emb[slot] = 0.0
+        self.enorm[slot] = np.inf
         self.hist[slot] = 0.0
         self.qstat[slot] = 0.0
         self.lpeak[slot] = 0.0
@@ -155,7 +166,8 @@ class ModelDetector:
         self.best_run[slot] = 0
         self.last_fire[slot] = np.inf
         self.last_gap[slot] = -(10**12)
-        self.memb[slot] = np.nan
+        self.memb[slot] = 0.0
+        self.mnorm[slot] = np.inf
 
     # ------------------------------------------------------------------ scoring
     def score(self, slots: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -190,10 +202,12 @@ class ModelDetector:
             Z = (values[:, -w:] - lo[:, None]) / scale[:, None]
             if p.knn_center:
                 Z = Z - Z.mean(axis=1, keepdims=True)
-            Z = np.where(full[:, None], Z, np.nan)
-            has, dist = _nearest(self.emb, slots, t, np.where(full[:, None], Z, 0.0), full, w, p.knn_memory, w)
+            Z = np.where(full[:, None], Z, 0.0)
+            has, dist, sq = _nearest(self.emb, self.enorm, slots, t, Z, full, w)
             knn[has] = dist[has]
-            self.emb[slots, np.mod(t, self.ring_len)] = Z
+            pos = np.mod(t, self.ring_len)
+            self.emb[slots, pos] = Z
+            self.enorm[slots, pos] = np.where(full, sq, np.inf)
         ch["knn"] = knn
 
         k, L = p.ls_recent, p.ls_ref
@@ -224,9 +238,11 @@ class ModelDetector:
                 Em = np.zeros((B, self.model.dim))
                 if okm.any():
                     Em[okm] = self.model.embed(place_in_range(values[okm, -mw:], lo[okm], scale[okm]))
-                has, dist = _nearest(self.memb, slots, t, Em, okm, mw, p.knn_memory, self.model.dim)
+                has, dist, sq = _nearest(self.memb, self.mnorm, slots, t, Em, okm, mw)
                 mch[has] = dist[has]
-                self.memb[slots, np.mod(t, self.mring_len)] = np.where(okm[:, None], Em, np.nan)
+                pos = np.mod(t, self.mring_len)
+                self.memb[slots, pos] = Em
+                self.mnorm[slots, pos] = np.where(okm, sq, np.inf)
             elif okm.any():
                 mch[okm] = self.model.run(normalise_model_window(values[okm, -mw:], scale[okm]))
             ch["model"] = mch
@@ -316,27 +332,26 @@ class ModelDetector:
         return out
 
 
-def _nearest(ring_arr, slots, t, Z, full, lag, memory, dim):
-    """Nearest past embedding for each row: candidates are the steps s in [t-lag-memory+1,
-    t-lag] (ring position s % ring length), valid (s >= lag - 1, not NaN). Returns
-    (has, distance / sqrt(dim))."""
-    ring_len = ring_arr.shape[1]
-    ring = ring_arr[slots]  # (B, ring_len, dim) copy
-    offs = np.arange(lag, lag + memory)
-    s = t[:, None] - offs[None, :]
-    pos = np.mod(s, ring_len)
-    C = np.take_along_axis(ring, pos[:, :, None], axis=1)  # (B, M, dim)
-    ok = (s >= lag - 1) & ~np.isnan(C[:, :, 0])
-    Cz = np.where(ok[:, :, None], C, 0.0)
+def _nearest(ring_arr, norm_arr, slots, t, Z, full, lag):
+    """Nearest past embedding for each row of Z: the candidates are the whole ring but its ``lag``
+    newest places, i.e. steps s in [t-lag-memory+1, t-lag] (ring length memory + lag); an empty
+    place has an infinite squared norm. Returns (has, distance / sqrt(dim), squared norms of Z)."""
+    ring_len, dim = ring_arr.shape[1], ring_arr.shape[2]
     sqz = np.einsum("ij,ij->i", Z, Z)
-    sqc = np.einsum("bmj,bmj->bm", Cz, Cz)
-    d2 = sqz[:, None] + sqc - 2.0 * np.einsum("bmj,bj->bm", Cz, Z)
-    d2 = np.where(ok, d2, np.inf)
+    B = len(slots)
+    if B and slots[-1] - slots[0] == B - 1 and (B == 1 or (np.diff(slots) == 1).all()):
+        rows = slice(int(slots[0]), int(slots[0]) + B)  # consecutive slots: a view, not a ~40 KB/row copy
+    else:
+        rows = slots
+    dot = np.matmul(ring_arr[rows], Z[:, :, None])[:, :, 0]  # (B, ring_len)
+    d2 = sqz[:, None] + norm_arr[rows] - 2.0 * dot
+    age = np.mod(t[:, None] - np.arange(ring_len)[None, :], ring_len)
+    d2[age < lag] = np.inf
     m = d2.min(axis=1)
     has = np.isfinite(m) & full
     dist = np.zeros(len(slots))
     dist[has] = np.sqrt(np.maximum(m[has], 0.0) / dim)
-    return has, dist
+    return has, dist, sqz
 
 
 def load_detector(model_dir: str | None = None, params_path: str | None = None, quantized: bool = True,
