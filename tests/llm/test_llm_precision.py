@@ -1,0 +1,83 @@
+"""`edged models pull --precision exact|fast`: the named build options, through the real CLI code
+(the GGUF fetch replaced by a tiny GGUF; nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from edged import cli
+from edged.llm import catalog, manifest
+from edged.llm.build import PRECISIONS, BuildOptions, precision_options
+from edged.llm.engine import Engine
+from edged.llm.gguf_model import GGUFModel
+from edged.llm.reference import ReferenceLlama
+
+
+def test_precision_options():
+    assert precision_options() == BuildOptions()  # exact is the default build
+    assert precision_options("exact", graph="plain") == BuildOptions(graph="plain")
+    fast = precision_options("fast", graph="plain")
+    assert (fast.accuracy_level, fast.head, fast.graph) == (4, "int8", "plain")
+    assert list(PRECISIONS) == ["exact", "fast"]
+    with pytest.raises(ValueError, match="allowed: exact, fast"):
+        precision_options("turbo")
+
+
+@pytest.fixture
+def pull_cli(tiny_gguf, tmp_path, monkeypatch):
+    """Run ``edged models pull ...`` in-process with [models] dir under tmp_path; returns (code, models dir)."""
+    src = tiny_gguf()
+    monkeypatch.setattr(catalog, "fetch_gguf", lambda entry, cache_dir=None: src)
+    for key in [k for k in os.environ if k.startswith("EDGED_")]:
+        monkeypatch.delenv(key)
+    models = tmp_path / "models"
+    conf = tmp_path / "edged.toml"
+    conf.write_text(f'[models]\ndir = "{models}"\n', encoding="utf-8")
+
+    def run(*args: str) -> int:
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["models", "pull", "smollm2-135m", "--config", str(conf), *args])
+        return exc.value.code
+    return run, models, src
+
+
+def _accuracy_levels(model_dir) -> set[int]:
+    m = onnx.load(str(model_dir / "decoder.onnx"), load_external_data=False)
+    return {a.i for n in m.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+
+
+def test_pull_precision_fast_then_exact(pull_cli, capsys):
+    run, models, src = pull_cli
+    out = models / "smollm2-135m"
+
+    assert run("--precision", "fast") == 0
+    doc = manifest.verify(out)
+    assert (doc["build"]["accuracy_level"], doc["build"]["head"], doc["build"]["graph"]) == (4, "int8", "fused")
+    assert _accuracy_levels(out) == {4}  # every 4-bit layer and the 8-bit head: int8 activations
+    model = GGUFModel(src)
+    ids = np.random.default_rng(5).integers(0, model.config.n_vocab, 24).tolist()
+    want = ReferenceLlama(model).logits(np.asarray(ids))
+    fast = Engine(out, threads=1, warm=False).score(ids)
+    assert np.isfinite(fast).all()
+    np.testing.assert_allclose(fast, want, rtol=0, atol=0.1 * np.abs(want).max())  # close, not exact
+
+    assert run() == 0  # the default is exact: the changed options rebuild the directory
+    doc = manifest.verify(out)
+    assert (doc["build"]["accuracy_level"], doc["build"]["head"]) == (0, "split4")
+    assert _accuracy_levels(out) == {0}
+    exact = Engine(out, threads=1, warm=False).score(ids)
+    np.testing.assert_allclose(exact, want, rtol=0, atol=1e-3 * np.abs(want).max())
+    assert (exact.argmax(-1) == want.argmax(-1)).all()
+    assert "ready in" in capsys.readouterr().out
+
+
+def test_pull_bad_precision_names_the_allowed_values(pull_cli, capsys):
+    run, models, _ = pull_cli
+    assert run("--precision", "turbo") == 2
+    err = capsys.readouterr().err
+    assert "--precision must be exact or fast, not 'turbo'" in err
+    assert not models.exists()  # refused before fetching or building anything
