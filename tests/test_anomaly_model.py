@@ -270,3 +270,24 @@ def test_false_alarms_per_day_do_not_grow_with_the_sampling_rate():
             alarms[name] += int(np.sum(np.nan_to_num(score_series(v, p, det.model, t)) >= 0.5))
     assert alarms["readings"] >= 10, alarms  # the problem: several alarms per metric-day
     assert alarms["blocks"] * 4 <= alarms["readings"], alarms
+
+
+def test_noise_aware_excursion_spares_day_two_of_a_noisy_cycle():
+    """Day 2 of a noisy daily cycle lands just past day 1's extremes in many series: a new extreme
+    by less than ~1.65 noise sd is not news (excursion_noise), a real spike still is."""
+    from edged.anomaly.features import score_series
+
+    det = make_detector("model", 64, 30)
+    assert det.p.excursion_noise > 0
+    fixed_scale = det.p.with_(excursion_noise=0.0)
+    t = 1_750_000_000.0 + 300.0 * np.arange(2 * 288)
+    day2 = {"shipped": 0, "fixed_scale": 0}
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        v = 20 + 3 * np.sin(2 * np.pi * t / 86400 + rng.uniform(0, 6.3)) + rng.normal(0, 0.9, len(t))
+        for name, p in (("shipped", det.p), ("fixed_scale", fixed_scale)):
+            day2[name] += int(np.sum(np.nan_to_num(score_series(v, p, det.model, t)) >= 0.5))
+    assert day2["fixed_scale"] >= 5, day2
+    assert day2["shipped"] * 3 <= day2["fixed_scale"], day2
+    v[450] += 12  # ~13 noise sd: still an anomaly
+    assert np.nan_to_num(score_series(v, det.p, det.model, t))[450] >= 0.5
