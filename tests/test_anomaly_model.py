@@ -94,6 +94,28 @@ def test_replay_with_the_model_writes_nab_results(tmp_path, edged_cli):
     assert all(0.0 <= float(r[2]) <= 1.0 for r in rows[1:])
 
 
+def test_replay_reads_iso_and_epoch_stamps_alike_and_names_a_bad_line(tmp_path):
+    """Naive ISO stamps take a vectorised parse; any other form goes row by row: same times."""
+    from edged.replay import ReplayError, read_series
+
+    t = 1_700_000_000.0 + 300.0 * np.arange(50)
+    iso = tmp_path / "iso.csv"
+    epoch = tmp_path / "epoch.csv"
+    iso.write_text("timestamp,value\n" + "".join(
+        f"{np.datetime64(int(x), 's').astype(str).replace('T', ' ')},{i}\n" for i, x in enumerate(t)))
+    epoch.write_text("timestamp,value\n" + "".join(f"{int(x)},{i}\n" for i, x in enumerate(t)))
+    a, b = read_series(iso), read_series(epoch)
+    np.testing.assert_array_equal(a.times, t)
+    np.testing.assert_array_equal(b.times, t)
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01T00:05:00+00:00,2\n")
+    np.testing.assert_array_equal(read_series(mixed).times, [1704067200.0, 1704067500.0])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,value\n2024-01-01 00:00:00,1\n2024-13-45 00:05:00,2\n")
+    with pytest.raises(ReplayError, match=r"bad.csv:3: timestamp '2024-13-45 00:05:00' is neither"):
+        read_series(bad)
+
+
 def test_models_list_and_verify_see_the_anomaly_models(tmp_path, edged_cli):
     bad = tmp_path / "other-model"
     shutil.copytree(MODEL_DIR, bad)
