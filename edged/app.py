@@ -72,7 +72,11 @@ class Daemon:
         # counter) come on a connection of their own, so that they never queue behind a backlog
         # of readings in the broker (a flood would otherwise delay them by seconds).
         self.command_link = MqttLink(settings, self.topics, self._on_command_message, self._announce_if_ready,
-                                     primary=False)
+                                     primary=False, on_refused=self._command_link_refused)
+        # Set when the broker refuses the command link (an ACL or a policy that lets this user in
+        # once, or with one client id): its topics then come on the primary connection.
+        self.commands_on_primary = False
+        self._command_refusal: str | None = None
         self._broker_dropped: int | None = None
         self._announce_lock = threading.Lock()
         self._announced_connect = 0
@@ -145,6 +149,7 @@ class Daemon:
     def _extra_stats(self) -> dict:  # wal_* counters come through self.stats
         extra = {"connected": self.mqtt.connected.is_set(), "connects": self.mqtt.connects,
                  "commands_connected": self.command_link.connected.is_set(),
+                 "commands_on_primary": self.commands_on_primary,
                  **({"broker_dropped": self._broker_dropped} if self._broker_dropped is not None else {}),
                  "commands_queue_depth": self.commands.queue_depth, "spool_depth": self.publisher.depth()}
         if self.cloud is not None:
@@ -153,10 +158,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ routing (network thread)
     def _on_message(self, msg: RawMessage) -> None:
-        """The primary connection: readings."""
+        """The primary connection: readings (and the command link's topics when it was refused)."""
         if msg.topic in self._control_topics or msg.topic.startswith(self.topics.request_prefix):
-            self._ack_now(msg)  # a subscription left in the persistent session by an older edged:
-            return  # the command link has these now
+            self._ack_now(msg)
+            if self.commands_on_primary:
+                self._on_command_message(msg)
+            return  # else a subscription left in the persistent session by an older edged
         if self.wal is not None and msg.qos and len(msg.payload) <= self.settings.sensors.max_payload_bytes:
             self.wal.submit(msg, self.mqtt.generation)  # acknowledged once durable (or redelivered)
         else:
@@ -187,6 +194,30 @@ class Daemon:
 
     def _on_connected(self) -> None:
         self.pipeline.request_reannounce()
+        if self._command_refusal is not None:
+            self._commands_to_primary(self._command_refusal)
+        self._announce_if_ready()
+
+    def _command_link_refused(self, reason: str) -> None:
+        """The broker will not let the command link in. Judged once the primary connection is
+        in: a refusal of both (a wrong password) is not a reason to move anything."""
+        self._command_refusal = reason
+        if self.mqtt.connected.is_set():
+            self._commands_to_primary(reason)
+
+    def _commands_to_primary(self, reason: str) -> None:
+        """Take the command link's topics on the primary connection (requests then queue behind
+        a backlog of readings, but they are answered) and stop the link."""
+        with self._announce_lock:
+            if self.commands_on_primary:
+                return
+            self.commands_on_primary = True
+        log.warning("command_link_refused", reason=reason, client_id=self.command_link.client_id,
+                    hint="requests now come on the sensor connection and can wait behind its backlog in a flood; "
+                         "let this user connect a second time with that client id to keep them apart")
+        # stop() joins the link's network thread, which is the one calling us
+        threading.Thread(target=self.command_link.stop, name="command-link-stop", daemon=True).start()
+        self.mqtt.set_wanted(self.wanted_subscriptions())  # the SUBSCRIBE goes out before `online`
         self._announce_if_ready()
 
     def _announce_if_ready(self) -> None:
@@ -197,9 +228,10 @@ class Daemon:
             if not self.mqtt.connected.is_set() or self._announced_connect == connects:
                 return
             waited = time.monotonic() - self.mqtt.connected_at
-            if not self.command_link.subscribed.is_set() and waited < COMMAND_LINK_GRACE_S:
+            ready = self.command_link.subscribed.is_set() or self.commands_on_primary
+            if not ready and waited < COMMAND_LINK_GRACE_S:
                 return
-            if not self.command_link.subscribed.is_set():
+            if not ready:
                 log.warning("command_link_not_ready", waited_s=round(waited, 1),
                             hint="online announced anyway; requests are not answered until the command link connects")
             self._announced_connect = connects
@@ -212,7 +244,10 @@ class Daemon:
 
     def wanted_subscriptions(self) -> dict[str, int]:
         qos = self.settings.mqtt.qos
-        return {f: qos for f in self.settings.sensors.topics}
+        wanted = {f: qos for f in self.settings.sensors.topics}
+        if self.commands_on_primary:
+            wanted.update(self.wanted_command_subscriptions())
+        return wanted
 
     def wanted_command_subscriptions(self) -> dict[str, int]:
         # $SYS: brokers without the counter (or an ACL that denies it) simply never send it.
@@ -257,7 +292,8 @@ class Daemon:
         self.settings = new
         self.pipeline.apply_settings(new)
         self.mqtt.set_wanted(self.wanted_subscriptions())
-        self.command_link.set_wanted(self.wanted_command_subscriptions())
+        if not self.commands_on_primary:
+            self.command_link.set_wanted(self.wanted_command_subscriptions())
         log.info("reloaded", needs_restart=restart_needed or None)
 
     def install_signals(self) -> None:

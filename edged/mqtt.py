@@ -83,6 +83,7 @@ class MqttLink:
         on_connected: Callable[[], None] = lambda: None,
         *,
         primary: bool = True,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         """``primary``: the node's session (persistent, LWT, ``online``). The other kind is the
         command link: requests only, a session of its own that starts clean (a request left
@@ -93,6 +94,9 @@ class MqttLink:
         self.topics = topics
         self._on_message_cb = on_message
         self._on_connected_cb = on_connected
+        # the command link: called when the broker refuses this connection for what it is (its
+        # client id, user or rights), not for a passing reason: it will not be let in on a retry
+        self._on_refused_cb = on_refused
         self._wanted: dict[str, int] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
@@ -240,6 +244,8 @@ class MqttLink:
         if reason_code.is_failure:
             self._refused = True  # the disconnect that follows is this refusal, already logged
             if not self.primary:  # the primary link says so once per attempt; no second line
+                if self._on_refused_cb is not None and reason_code.value in POLICY_REFUSALS:
+                    self._on_refused_cb(str(reason_code))
                 return
             log.warning("mqtt_refused", reason=str(reason_code), host=self.settings.mqtt.host,
                         hint=_refusal_hint(str(reason_code)))
@@ -335,6 +341,12 @@ class MqttLink:
 
     def _is_request(self, topic: str) -> bool:
         return topic.startswith(self.topics.request_prefix)
+
+
+# CONNACK reasons that a retry will not change (MQTT 5 codes; paho maps 3.1.1's return codes 2, 4
+# and 5 onto 133, 134 and 135): client identifier not valid, bad user name or password, not
+# authorized, banned, bad authentication method
+POLICY_REFUSALS = frozenset({133, 134, 135, 138, 140})
 
 
 def _refusal_hint(reason: str) -> str:
