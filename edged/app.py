@@ -76,7 +76,9 @@ class Daemon:
         # Set when the broker refuses the command link (an ACL or a policy that lets this user in
         # once, or with one client id): its topics then come on the primary connection.
         self.commands_on_primary = False
-        self._command_refusal: str | None = None
+        self._refusals = 0  # the command link's policy refusals in a row while the primary was in
+        self._refusals_at = 0  # the command link's connect count when they began
+        self._subs_lock = threading.Lock()  # the primary's subscriptions: computed and applied as one
         self._broker_dropped: int | None = None
         self._announce_lock = threading.Lock()
         self._announced_connect = 0
@@ -194,15 +196,19 @@ class Daemon:
 
     def _on_connected(self) -> None:
         self.pipeline.request_reannounce()
-        if self._command_refusal is not None:
-            self._commands_to_primary(self._command_refusal)
         self._announce_if_ready()
 
     def _command_link_refused(self, reason: str) -> None:
-        """The broker will not let the command link in. Judged once the primary connection is
-        in: a refusal of both (a wrong password) is not a reason to move anything."""
-        self._command_refusal = reason
-        if self.mqtt.connected.is_set():
+        """The broker will not let the command link in (network thread of the link). Only
+        refusals while the primary connection is in count -- a wrong password refuses both --
+        and two in a row (paho retries with its backoff), so one hiccup of the broker's
+        authentication backend does not move the requests for the rest of the run."""
+        if not self.mqtt.connected.is_set() or self._refusals_at != self.command_link.connects:
+            self._refusals, self._refusals_at = 0, self.command_link.connects
+        if not self.mqtt.connected.is_set():
+            return
+        self._refusals += 1
+        if self._refusals >= 2:
             self._commands_to_primary(reason)
 
     def _commands_to_primary(self, reason: str) -> None:
@@ -217,7 +223,7 @@ class Daemon:
                          "let this user connect a second time with that client id to keep them apart")
         # stop() joins the link's network thread, which is the one calling us
         threading.Thread(target=self.command_link.stop, name="command-link-stop", daemon=True).start()
-        self.mqtt.set_wanted(self.wanted_subscriptions())  # the SUBSCRIBE goes out before `online`
+        self._apply_primary_subscriptions()  # the SUBSCRIBE goes out before `online`
         self._announce_if_ready()
 
     def _announce_if_ready(self) -> None:
@@ -248,6 +254,10 @@ class Daemon:
         if self.commands_on_primary:
             wanted.update(self.wanted_command_subscriptions())
         return wanted
+
+    def _apply_primary_subscriptions(self) -> None:
+        with self._subs_lock:  # a reload and the command link's fallback may both get here
+            self.mqtt.set_wanted(self.wanted_subscriptions())
 
     def wanted_command_subscriptions(self) -> dict[str, int]:
         # $SYS: brokers without the counter (or an ACL that denies it) simply never send it.
@@ -291,7 +301,7 @@ class Daemon:
             self._make_asker(new)
         self.settings = new
         self.pipeline.apply_settings(new)
-        self.mqtt.set_wanted(self.wanted_subscriptions())
+        self._apply_primary_subscriptions()
         if not self.commands_on_primary:
             self.command_link.set_wanted(self.wanted_command_subscriptions())
         log.info("reloaded", needs_restart=restart_needed or None)
@@ -361,7 +371,7 @@ class Daemon:
             t.start()
         if self.wal is not None:
             self.wal.start()
-        self.mqtt.set_wanted(self.wanted_subscriptions())
+        self._apply_primary_subscriptions()
         self.command_link.set_wanted(self.wanted_command_subscriptions())
         self.mqtt.start()
         self.command_link.start()

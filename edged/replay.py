@@ -36,7 +36,7 @@ class Series:
 
 
 # "2014-04-01 00:05:00" / "2014-04-01T00:05:00.250": what numpy parses exactly as parse_timestamp does
-NAIVE_ISO = re.compile(r"\s*\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?\s*$")
+NAIVE_ISO = re.compile(r"\s*(?!0000)\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?\s*$")
 
 
 def read_series(path: Path) -> Series:
@@ -69,7 +69,9 @@ def read_series(path: Path) -> Series:
     times = None
     if all(NAIVE_ISO.match(st) for st in stamps):  # the usual case: one vectorised parse (naive = UTC)
         try:
-            times = np.array([st.strip() for st in stamps], dtype="datetime64[us]").astype(np.int64) / 1e6
+            us = np.array([st.strip() for st in stamps], dtype="datetime64[us]").astype(np.int64)
+            # beyond 2^53 us (after 2255) the division could round differently from datetime's
+            times = us / 1e6 if not len(us) or np.abs(us).max() < 2**53 else None
         except ValueError:  # a month 13 or the like: the row path below names the line
             times = None
     if times is None:

@@ -114,6 +114,9 @@ def test_replay_reads_iso_and_epoch_stamps_alike_and_names_a_bad_line(tmp_path):
     bad.write_text("timestamp,value\n2024-01-01 00:00:00,1\n2024-13-45 00:05:00,2\n")
     with pytest.raises(ReplayError, match=r"bad.csv:3: timestamp '2024-13-45 00:05:00' is neither"):
         read_series(bad)
+    bad.write_text("timestamp,value\n0000-01-01 00:00:00,1\n")  # numpy would take year 0, datetime does not
+    with pytest.raises(ReplayError, match=r"bad.csv:2: timestamp '0000-01-01 00:00:00' is neither"):
+        read_series(bad)
 
 
 def test_models_list_and_verify_see_the_anomaly_models(tmp_path, edged_cli):
@@ -244,6 +247,8 @@ def test_snapshot_from_before_time_blocks_and_long_memory_still_loads():
     np.testing.assert_array_equal(a.hist[0], b.hist[0])  # the history goes on where it was
     np.testing.assert_array_equal(a.memb[0], b.memb[0])
     np.testing.assert_array_equal(a.mnorm[0], b.mnorm[0])
+    np.testing.assert_array_equal(a.qstat[0], b.qstat[0])
+    np.testing.assert_array_equal(a.lpeak[0], b.lpeak[0])  # learning readings stay out of the peak
     assert a.group[0] == b.group[0] == n - 1
 
 

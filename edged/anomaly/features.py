@@ -19,7 +19,9 @@ Channels (all in units of the metric's running range ``hi - lo`` of the readings
 Calibration: each channel (except ``excursion``, which has a fixed scale) is divided by
 its own rolling order statistic (``calib_q`` quantile of its previous ``calib_len`` values,
 zero-filled at start, floored at ``floor``), and those in ``long_use`` by at least
-``long_gamma`` x their peak since learning, decayed with a half-life of ``long_half`` readings; the score is ``r^2 / (r^2 + rho_half^2)`` of the
+``long_gamma`` x their peak since learning, decayed with a half-life of ``long_half`` values;
+a "value" is the maximum over a ``calib_block_s`` block of readings (one reading per block for
+series read that often or less). The score is ``r^2 / (r^2 + rho_half^2)`` of the
 largest ratio ``r``. Refractory (``refractory_mode = "level"``, shipped): after an emitted
 score >= 0.5 the scores of the following period are scaled by ``suppress`` unless a ratio
 exceeds ``escalate`` x the one that opened it; the period lasts ``refractory`` readings, or
@@ -56,7 +58,7 @@ class Params:
     calib_block_s: float = 0.0
     floor: float = 0.01
     # long memory: a calibrated channel (of long_use) is also divided by long_gamma x its decayed
-    # peak since learning (half-life long_half readings), so a clean series' false alarms thin out
+    # peak since learning (half-life long_half calibration values), so a clean series' false alarms thin out
     # with time instead of recurring at the rate the 1,000-reading order statistic allows
     long_gamma: float = 0.0  # 0: off
     long_half: float = 3000.0

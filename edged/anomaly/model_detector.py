@@ -128,7 +128,8 @@ class ModelDetector:
         if "group" not in state:  # every reading was a block: the last one is the current block
             last = np.maximum(state["n"] - 1, 0)
             self.group[:n] = last
-            self.gmax[:n] = self.gmax_kept[:n] = self.hist[np.arange(n), :, last % self.p.calib_len]
+            self.gmax[:n] = self.hist[np.arange(n), :, last % self.p.calib_len]
+            self.gmax_kept[:n] = 0.0  # that reading may have been a learning one: keep it out of the peak
             self.block[:n] = -1
 
     def _ensure(self, slots: np.ndarray) -> None:

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from edged.anomaly.features import calibrate, learning_mask, raw_channels, score_from_ratio  # noqa: E402
+from edged.anomaly.features import calibrate, learning_mask, raw_channels, score_from_channels  # noqa: E402
 from edged.anomaly.model_detector import load_detector  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -82,9 +82,9 @@ def main(argv=None) -> int:
         for seed in range(args.series):
             v, t = make_series(kind, args.days, seed)
             ch = raw_channels(v, p, det.model, t)
-            learning = learning_mask(len(v), p, t)
-            s = np.nan_to_num(score_from_ratio(calibrate(ch, p, learning, t), p, t))
+            s = np.nan_to_num(score_from_channels(ch, p, t))
             if args.channels:
+                learning = learning_mask(len(v), p, t)
                 alone = {name: calibrate(ch, p.with_(use=(name,)), learning, t) for name in p.use}
                 for i in np.flatnonzero(s >= 0.5):
                     top = max(alone, key=lambda name: alone[name][i])
