@@ -42,6 +42,18 @@ SNAPSHOT_BYTES_PER_S = 1_000_000
 def snapshot_gap_s(snapshot_bytes: int) -> float:
     """The least time between two snapshots taken early (episode boundaries, the WAL's size)."""
     return max(MIN_SNAPSHOT_GAP_S, snapshot_bytes / SNAPSHOT_BYTES_PER_S)
+
+
+def snapshot_due(now: float, next_snapshot: float, since_last_s: float, snapshot_bytes: int,
+                 episode_boundary: bool, logged_since: int | None) -> bool:
+    """Whether to snapshot now: at the periodic time; early for an episode boundary or (strict,
+    ``logged_since`` = readings logged since the last snapshot) after WAL_SNAPSHOT_READINGS,
+    both no sooner than snapshot_gap_s after the last one. Episode boundaries are taken
+    promptly, but an event storm must not turn into a write storm on an SD card; the WAL rule
+    bounds the replay at start (a long replay before READY=1 would hit systemd's start timeout)."""
+    early_ok = since_last_s >= snapshot_gap_s(snapshot_bytes)
+    wal_due = logged_since is not None and logged_since >= WAL_SNAPSHOT_READINGS
+    return now >= next_snapshot or (early_ok and (episode_boundary or wal_due))
 # `online` waits for the command link's subscription, but not for ever: a broker that refuses
 # the second connection must not keep the node offline.
 COMMAND_LINK_GRACE_S = 5.0
@@ -393,14 +405,9 @@ class Daemon:
             now = time.monotonic()
             if self.publisher.spool is not None and self.mqtt.connected.is_set() and self.publisher.depth():
                 self.publisher.flush()
-            # Episode boundaries are snapshotted promptly, but not more often than snapshot_gap_s
-            # allows: an event storm must not turn into a write storm on an SD card.
-            # strict: also after WAL_SNAPSHOT_READINGS logged readings, which bounds the replay at
-            # start (a long replay before READY=1 would run into systemd's start timeout).
-            early_ok = now - last_snapshot >= snapshot_gap_s(self.snapshot_bytes)
-            wal_due = (self.wal is not None and early_ok
-                       and self.pipeline.applied_seq - snapshot_seq >= WAL_SNAPSHOT_READINGS)
-            if (self.pipeline.snapshot_due.is_set() and early_ok) or now >= next_snapshot or wal_due:
+            logged = self.pipeline.applied_seq - snapshot_seq if self.wal is not None else None
+            if snapshot_due(now, next_snapshot, now - last_snapshot, self.snapshot_bytes,
+                            self.pipeline.snapshot_due.is_set(), logged):
                 self.pipeline.snapshot_due.clear()
                 snapshot_seq = self.pipeline.applied_seq
                 self.save_snapshot()
