@@ -318,3 +318,30 @@ def test_noise_aware_excursion_spares_day_two_of_a_noisy_cycle():
     assert day2["shipped"] * 3 <= day2["fixed_scale"], day2
     v[450] += 12  # ~13 noise sd: still an anomaly
     assert np.nan_to_num(score_series(v, det.p, det.model, t))[450] >= 0.5
+
+
+def test_a_round_in_any_slot_order_scores_as_each_metric_alone():
+    """The detector scores a round of metrics per call; whether their slots come in order, shuffled
+    (a block of consecutive slots: the ring view path) or with holes (the gathered-copy path), each
+    metric's scores are those it gets alone."""
+    rng = np.random.default_rng(11)
+    n, k = 420, 5
+    t = 1_750_000_000.0 + 300.0 * np.arange(n)
+    v = 20 + np.sin(np.arange(n)[:, None] / (15 + np.arange(k))) + rng.normal(0, 0.2, (n, k))
+    v[380, 2] += 9
+    together, alone = make_detector("model", 64, 30), [make_detector("model", 64, 30) for _ in range(k)]
+    w = together.window
+    pad_v = np.vstack([np.full((w, k), np.nan), v])
+    pad_t = np.concatenate([np.full(w, np.nan), t])
+    got, want = np.zeros((n, k)), np.zeros((n, k))
+    for i in range(n):
+        wins_v, wins_t = pad_v[i + 1:i + 1 + w].T, np.tile(pad_t[i + 1:i + 1 + w], (k, 1))
+        order = [np.arange(k), rng.permutation(k), np.array([4, 0, 2])][i % 3]  # the last: 1 and 3 go first
+        if i % 3 == 2:
+            rest = np.array([1, 3])
+            got[i, rest] = together.score(rest, wins_v[rest], wins_t[rest])
+        got[i, order] = together.score(order, wins_v[order], wins_t[order])
+        for j in range(k):
+            want[i, j] = alone[j].score(np.array([0]), wins_v[j:j + 1], wins_t[j:j + 1])[0]
+    np.testing.assert_allclose(np.nan_to_num(got, nan=-1), np.nan_to_num(want, nan=-1), rtol=0, atol=1e-12)
+    assert np.isfinite(want[300:]).all() and want[380, 2] >= 0.5

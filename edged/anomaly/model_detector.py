@@ -340,15 +340,23 @@ def _nearest(ring_arr, norm_arr, slots, t, Z, full, lag):
     ring_len, dim = ring_arr.shape[1], ring_arr.shape[2]
     sqz = np.einsum("ij,ij->i", Z, Z)
     B = len(slots)
-    if B and slots[-1] - slots[0] == B - 1 and (B == 1 or (np.diff(slots) == 1).all()):
-        rows = slice(int(slots[0]), int(slots[0]) + B)  # consecutive slots: a view, not a ~40 KB/row copy
+    lo = int(slots.min()) if B else 0
+    if B and int(slots.max()) - lo == B - 1 and len(np.unique(slots)) == B:
+        # the slots are a block of consecutive ones (in any order, as a round of all metrics is):
+        # work on a view of the rings in slot order, not on a ~40 KB-per-metric gathered copy
+        order = slots - lo  # each call row's row in the block
+        Zb, tt, sq = np.empty_like(Z), np.empty_like(t), np.empty_like(sqz)
+        Zb[order], tt[order], sq[order] = Z, t, sqz
+        rows = slice(lo, lo + B)
     else:
-        rows = slots
-    dot = np.matmul(ring_arr[rows], Z[:, :, None])[:, :, 0]  # (B, ring_len)
-    d2 = sqz[:, None] + norm_arr[rows] - 2.0 * dot
-    age = np.mod(t[:, None] - np.arange(ring_len)[None, :], ring_len)
+        order, Zb, tt, sq, rows = None, Z, t, sqz, slots
+    dot = np.matmul(ring_arr[rows], Zb[:, :, None])[:, :, 0]  # (B, ring_len)
+    d2 = sq[:, None] + norm_arr[rows] - 2.0 * dot
+    age = np.mod(tt[:, None] - np.arange(ring_len)[None, :], ring_len)
     d2[age < lag] = np.inf
     m = d2.min(axis=1)
+    if order is not None:
+        m = m[order]
     has = np.isfinite(m) & full
     dist = np.zeros(len(slots))
     dist[has] = np.sqrt(np.maximum(m[has], 0.0) / dim)
