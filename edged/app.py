@@ -44,7 +44,7 @@ def snapshot_gap_s(snapshot_bytes: int) -> float:
     return max(MIN_SNAPSHOT_GAP_S, snapshot_bytes / SNAPSHOT_BYTES_PER_S)
 
 
-def snapshot_due(now: float, next_snapshot: float, since_last_s: float, snapshot_bytes: int,
+def should_snapshot(now: float, next_snapshot: float, since_last_s: float, snapshot_bytes: int,
                  episode_boundary: bool, logged_since: int | None) -> bool:
     """Whether to snapshot now: at the periodic time; early for an episode boundary or (strict,
     ``logged_since`` = readings logged since the last snapshot) after WAL_SNAPSHOT_READINGS,
@@ -54,6 +54,8 @@ def snapshot_due(now: float, next_snapshot: float, since_last_s: float, snapshot
     early_ok = since_last_s >= snapshot_gap_s(snapshot_bytes)
     wal_due = logged_since is not None and logged_since >= WAL_SNAPSHOT_READINGS
     return now >= next_snapshot or (early_ok and (episode_boundary or wal_due))
+
+
 # `online` waits for the command link's subscription, but not for ever: a broker that refuses
 # the second connection must not keep the node offline.
 COMMAND_LINK_GRACE_S = 5.0
@@ -406,7 +408,7 @@ class Daemon:
             if self.publisher.spool is not None and self.mqtt.connected.is_set() and self.publisher.depth():
                 self.publisher.flush()
             logged = self.pipeline.applied_seq - snapshot_seq if self.wal is not None else None
-            if snapshot_due(now, next_snapshot, now - last_snapshot, self.snapshot_bytes,
+            if should_snapshot(now, next_snapshot, now - last_snapshot, self.snapshot_bytes,
                             self.pipeline.snapshot_due.is_set(), logged):
                 self.pipeline.snapshot_due.clear()
                 snapshot_seq = self.pipeline.applied_seq

@@ -313,20 +313,20 @@ def test_early_snapshots_are_spaced_by_their_size():
 def test_snapshot_rule_strict_log_size_episodes_and_spacing():
     """When the run loop snapshots: periodically; early for an episode boundary or (strict) after
     WAL_SNAPSHOT_READINGS logged readings -- but never sooner than snapshot_gap_s after the last."""
-    from edged.app import MIN_SNAPSHOT_GAP_S, WAL_SNAPSHOT_READINGS, snapshot_due
+    from edged.app import MIN_SNAPSHOT_GAP_S, WAL_SNAPSHOT_READINGS, should_snapshot
 
     small, big = 100_000, 57_000 * 1000  # bytes: a few metrics; 1,000 model-detector metrics (57 s gap)
     later = MIN_SNAPSHOT_GAP_S + 0.1
     # strict: the log-size rule
-    assert snapshot_due(0, 60, later, small, False, WAL_SNAPSHOT_READINGS)
-    assert not snapshot_due(0, 60, later, small, False, WAL_SNAPSHOT_READINGS - 1)
-    assert not snapshot_due(0, 60, 1.0, small, False, WAL_SNAPSHOT_READINGS)  # too soon after the last
-    assert not snapshot_due(0, 60, 30.0, big, False, 10 * WAL_SNAPSHOT_READINGS)  # spaced by its size
-    assert snapshot_due(0, 60, 58.0, big, False, 10 * WAL_SNAPSHOT_READINGS)
+    assert should_snapshot(0, 60, later, small, False, WAL_SNAPSHOT_READINGS)
+    assert not should_snapshot(0, 60, later, small, False, WAL_SNAPSHOT_READINGS - 1)
+    assert not should_snapshot(0, 60, 1.0, small, False, WAL_SNAPSHOT_READINGS)  # too soon after the last
+    assert not should_snapshot(0, 60, 30.0, big, False, 10 * WAL_SNAPSHOT_READINGS)  # spaced by its size
+    assert should_snapshot(0, 60, 58.0, big, False, 10 * WAL_SNAPSHOT_READINGS)
     # relaxed: no log, however many readings
-    assert not snapshot_due(0, 60, later, small, False, None)
+    assert not should_snapshot(0, 60, later, small, False, None)
     # episode boundaries, spaced the same way
-    assert snapshot_due(0, 60, later, small, True, None)
-    assert not snapshot_due(0, 60, 1.0, small, True, None)
+    assert should_snapshot(0, 60, later, small, True, None)
+    assert not should_snapshot(0, 60, 1.0, small, True, None)
     # the periodic snapshot comes whatever the spacing
-    assert snapshot_due(60, 60, 0.0, big, False, None)
+    assert should_snapshot(60, 60, 0.0, big, False, None)
