@@ -10,9 +10,7 @@ import statistics
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import v5_request_properties, wait_for
 from fake_openai import fake_openai, ok, status  # noqa: F401  (fixture)
@@ -31,19 +29,6 @@ def _load(name: str, path: Path):
 @pytest.fixture(scope="module")
 def evalq():
     return _load("edged_eval_questions", TOOLS / "eval_questions.py")
-
-
-def _publish_scenario(port: int, scenario) -> int:
-    c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    c.max_queued_messages_set(0)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    infos = [c.publish(topic, json.dumps(payload), qos=1) for topic, payload in scenario.readings(scenario.DEFAULT_END_TS)]
-    for info in infos[-50:]:
-        info.wait_for_publish(60)
-    c.disconnect()
-    c.loop_stop()
-    return len(infos)
 
 
 def _ask(probe, d, question: str, deadline_s: float | None = None) -> dict:
@@ -67,7 +52,7 @@ def scenario_daemon(broker, daemon_factory, probe_factory, fake_openai, evalq): 
     probe.subscribe(f"{d.root}/status")
     probe.subscribe("test/answers")
     probe.wait_topic(f"{d.root}/status", lambda m: m.payload == b"online")
-    n = _publish_scenario(broker.port, scenario)
+    n = scenario.publish(broker.port)
     probe.subscribe(f"{d.root}/stats")
     probe.wait_topic(f"{d.root}/stats", lambda m: m.json().get("readings", 0) >= n, timeout=120)
     return d, probe, scenario

@@ -233,22 +233,6 @@ class Asker:
         self.client.loop_stop()
 
 
-def publish_scenario(port: int, scenario) -> int:
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    c.max_queued_messages_set(0)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    infos = [c.publish(topic, json.dumps(payload), qos=1) for topic, payload in scenario.readings(scenario.DEFAULT_END_TS)]
-    for info in infos[-50:]:
-        info.wait_for_publish(120)
-    c.disconnect()
-    c.loop_stop()
-    return len(infos)
-
-
 def load_scenario():
     spec = importlib.util.spec_from_file_location("edged_bench_scenario", DATA / "scenario.py")
     module = importlib.util.module_from_spec(spec)
@@ -566,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         if daemon.poll() is not None:
             raise RuntimeError(f"edged exited: {(tmp / 'edged.log').read_text()[-1000:]}")
         t = time.monotonic()
-        n = publish_scenario(broker.port, load_scenario())
+        n = load_scenario().publish(broker.port, wait_s=120)
         wait_for(lambda: asker.stats.get("readings", 0) >= n, 180, f"the daemon to ingest {n} readings")
         ingest_s = time.monotonic() - t
         log(f"  scenario: {n} readings ingested in {ingest_s:.1f} s")

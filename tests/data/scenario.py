@@ -340,3 +340,23 @@ if __name__ == "__main__":  # a quick look: python tests/data/scenario.py
               f"max={ref.get(f'max:{m}:today')} mean={ref.get(f'mean:{m}:today', float('nan')):.2f}")
     for k in sorted(k for k in ref if k.startswith(("episode:", "door:", "clock:episode", "clock:door", "stale"))):
         print(k, ref[k])
+
+
+def publish(port: int, host: str = "127.0.0.1", wait_s: float = 60.0) -> int:
+    """Publish the scenario's readings (QoS 1, as fast as the broker takes them) to a broker;
+    returns how many. Shared by tests/test_questions_e2e.py and tools/bench_ask.py."""
+    import json
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    c.max_queued_messages_set(0)
+    c.connect(host, port)
+    c.loop_start()
+    infos = [c.publish(topic, json.dumps(payload), qos=1) for topic, payload in readings(DEFAULT_END_TS)]
+    for info in infos[-50:]:
+        info.wait_for_publish(wait_s)
+    c.disconnect()
+    c.loop_stop()
+    return len(infos)
