@@ -267,7 +267,7 @@ def models_pull(
     name: str = typer.Argument("smollm2-135m", help="catalog name of the model"),
     graph: str = typer.Option("fused", "--graph", help="decoder graph: fused (contrib ops, in-place KV cache) or plain (per-op)"),
     precision: str = typer.Option("exact", "--precision",
-                                  help="exact (default: the fp32 dequantized model's numbers) or fast (int8 activations: "
+                                  help="exact (default: the fp32 dequantized model's greedy tokens) or fast (int8 activations: "
                                        "faster decode, slightly lower agreement with llama.cpp; see docs/LLM.md)"),
     config: Optional[Path] = ConfigOpt,
     _v: bool = VersionOpt,

@@ -27,18 +27,30 @@ from .gguf_model import GGUFModel
 BUILD_VERSION = 2  # bump whenever the files written for the same input change
 
 
+HEADS = ("split4", "int8", "rescore")
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     accuracy_level: int = 0  # MatMulNBits accuracy_level of the 4-bit layers (0: fp32 activations)
-    head: str = "split4"  # output matrix: "split4" (exact, two 4-bit kernels) or "int8" (fast, approximate)
+    # output matrix: "rescore" (int8 kernel, then the rows that could hold the maximum recomputed in
+    # fp32: the exact top-1; fused graph only), "split4" (exact logits, two fp32 4-bit kernels) or
+    # "int8" (int8 kernel alone, approximate)
+    head: str = ""  # "": the graph's exact head (fused: "rescore", plain: "split4")
     fuse: bool = True  # q/k/v and gate/up each as one MatMulNBits
     attention: str = "gqa"  # plain graph only: "gqa" (com.microsoft.GroupQueryAttention) or "ops" (plain ONNX ops)
     graph: str = "fused"  # "fused": contrib ops, in-place KV buffers, run with IO binding; "plain": per-op graph
     external_data: bool = True  # weights in decoder.onnx.data (page-aligned; onnxruntime maps it: faster load, less RSS)
 
+    def __post_init__(self):
+        if not self.head:
+            object.__setattr__(self, "head", "rescore" if self.graph == "fused" else "split4")
+
 
 # ``edged models pull --precision``: named sets of the options above.  "exact" is the default
-# build (the same logits as the fp32 dequantized weights, to ~1e-4); "fast" runs every 4-bit
+# build: every layer in fp32 as the dequantized weights, and the output matrix's top-1 (the greedy
+# token) exact too, its other logits int8-accurate ("rescore"; the plain graph computes them all
+# exactly, "split4"); "fast" runs every 4-bit
 # layer and the output matrix with int8 activations (as llama.cpp's q8 activations): faster
 # decode, not exact -- teacher-forced top-1 agreement with llama.cpp 97.40 % instead of 97.66 %
 # (docs/LLM.md).  The manifest records the resulting options, not the name.
@@ -97,6 +109,10 @@ def build(gguf_path: str | Path, out_dir: str | Path, options: BuildOptions = Bu
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
+            if options.head not in HEADS:
+                raise ValueError(f"unknown head {options.head!r} (allowed: {', '.join(HEADS)})")
+            if options.head == "rescore" and options.graph == "plain":
+                raise ValueError('head "rescore" needs the fused graph')
             if options.graph == "fused":
                 proto = graph.build_fused_decoder(model, options.accuracy_level, options.head)
             elif options.graph == "plain":

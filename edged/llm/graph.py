@@ -277,6 +277,54 @@ def _fused_linear(b: _Builder, x: str, w, prefix: str, bsums: dict, split8: bool
     return b.op("Gemm", [bsums[x], b.init(f"{prefix}.block_corr_t", np.ascontiguousarray(w.corr.T)), y], prefix + "_out")
 
 
+# The output matrix is as large as all the layers' attention weights together, and onnxruntime's
+# exact (fp32-activation) 8-bit kernel is slow, so head="rescore" runs it with int8 activations
+# and then makes the winner exact.  MLAS quantizes the activations per block of 32 with
+# scale = amax / 127 and rounds to nearest, so every int8 logit is within
+# err[n] <= sum_b amax_b / 254 * sum_{k in b} |w[n, k]| of the exact one.  Every row whose
+# interval [approx - 2 err, approx + 2 err] (2x: room for the fp32 sums) reaches the best lower
+# end could be the exact maximum; those rows -- a median of ~20 of 49,152 -- are gathered
+# dequantized and their logits recomputed in fp32.  The top-1 is then the exact model's; the
+# other logits stay int8-accurate (they only matter to sampling with a temperature).
+def _rescored_head(b: _Builder, h: str, w: "quant.BlockQuant", shared: str | None) -> str:
+    n, k = w.shape
+    nb = k // quant.QK
+    acc, b.acc = b.acc, 4
+    approx = _fused_linear(b, h, w, "output", {})  # a Q4_1 remainder is added in fp32: no int8 error in it
+    b.acc = acc
+    l1 = np.abs(w.q.reshape(n, nb, quant.QK).astype(np.float64) - w.zp[:, :, None]).sum(-1) * np.abs(w.scale)
+    bound_t = b.init("output.err_per_amax_t", np.ascontiguousarray((l1 * (2.0 / 254.0)).T.astype(np.float32)))
+    amax = b.op("ReduceMax", [b.op("Abs", [b.op("Reshape", [h, b.const([0, nb, quant.QK])])]), b.const([-1])], "amax", keepdims=0)
+    err = b.op("Add", [b.op("MatMul", [amax, bound_t], "err"), b.const(np.float32(1e-6), np.float32)], "err_abs")
+    best_low = b.op("ReduceMax", [b.op("Sub", [approx, err]), b.const([-1])], "best_low", keepdims=1)
+    cand = b.op("Transpose", [b.op("NonZero", [b.op("GreaterOrEqual", [b.op("Add", [approx, err]), best_low])])], "cand")
+    pos, tok = (b.op("Reshape", [b.op("Gather", [cand, b.const([j])], axis=1), b.const([-1])], name)
+                for j, name in ((0, "cand_pos"), (1, "cand_tok")))  # b.const(j) would be [1]-shaped
+    rows = _gather_rows(b, w, tok, shared or "output_rows")
+    exact = b.op("ReduceSum", [b.op("Mul", [rows, b.op("Gather", [h, pos], "cand_h", axis=0)]), b.const([-1])],
+                 "cand_logit", keepdims=0)
+    return b.op("ScatterND", [approx, cand, exact], "logits_2d")
+
+
+def _gather_rows(b: _Builder, w: "quant.BlockQuant", ids: str, prefix: str) -> str:
+    """Rows ``ids`` of ``w`` dequantized exactly, [len(ids), K]; reuses the embedding's tensors when tied."""
+    w8 = w.widened()
+    names = [f"{prefix}.q8", f"{prefix}.scales", f"{prefix}.zero_points"]
+    have = {t.name for t in b.inits}
+    if names[0] not in have:
+        names = [b.init(names[0], w8.q), b.init(names[1], w8.scale), b.init(names[2], w8.zp)]
+    rows = b.op("GatherBlockQuantized", [names[0], ids, names[1], names[2]], "rows", domain=MS, bits=8,
+                block_size=quant.QK, gather_axis=0, quantize_axis=1)
+    if w8.corr is not None:
+        corr = f"{prefix}.block_corr"
+        if corr not in have:
+            b.init(corr, w8.corr)
+        c = b.op("Unsqueeze", [b.op("Gather", [corr, ids], "rows_corr", axis=0), b.const([-1])])
+        c = b.op("Reshape", [b.op("Expand", [c, b.const([1, 1, quant.QK])]), b.const([0, -1])])
+        rows = b.op("Add", [rows, c], "rows_sum")
+    return rows
+
+
 def build_fused_decoder(model: GGUFModel, accuracy_level: int = 0, head: str = "split4") -> onnx.ModelProto:
     cfg: LlamaConfig = model.config
     b = _Builder(accuracy_level)
@@ -339,10 +387,14 @@ def build_fused_decoder(model: GGUFModel, accuracy_level: int = 0, head: str = "
     h = b.op("SkipSimplifiedLayerNormalization", [delta, x, b.init("output_norm", model.weight("output_norm.weight"))],
              "output_norm", domain=MS, epsilon=cfg.rms_eps)
     h = b.op("Gather", [h, "logits_index"], "last_hidden", axis=0)
-    w_out = model.weight("output.weight") if model.has("output.weight") else model.weight("token_embd.weight")
-    if head == "int8":
-        b.acc = 4
-    logits = _fused_linear(b, h, w_out, "output", {}, split8=(head == "split4"))
+    tied = not model.has("output.weight")
+    w_out = model.weight("token_embd.weight" if tied else "output.weight")
+    if head == "rescore" and isinstance(w_out, quant.BlockQuant):
+        logits = _rescored_head(b, h, w_out, "token_embd" if tied else None)
+    else:
+        if head == "int8":
+            b.acc = 4
+        logits = _fused_linear(b, h, w_out, "output", {}, split8=(head == "split4"))
     b.op("Reshape", [logits, b.const([1, -1, cfg.n_vocab])], outputs=["logits"])
 
     graph = helper.make_graph(b.nodes, "llama_decoder_fused", inputs, outputs, b.inits)

@@ -240,3 +240,69 @@ def test_rebuild_repairs_a_tampered_directory(tiny_gguf, tmp_path):
     (out / "tokenizer.json").write_text("{}")
     build(src, out)
     manifest.verify(out)
+
+
+# --- head="rescore": int8 output matrix, then the rows that could hold the maximum in fp32 -----
+
+RESCORE_CONFIGS = [
+    ({}, True),  # SmolLM2's mix: the tied Q8_0 embedding is the output matrix (its tensors shared)
+    ({"embd": "Q4_0", "output": "Q4_1", **{r: "Q4_0" for r in LAYER_ROLES}}, False),  # Q4_1 head: remainder
+    ({"embd": "Q4_1", "attn_q": "Q8_0", "attn_k": "F16", "ffn_up": "Q4_1"}, True),  # tied Q4_1 embedding
+    ({"embd": "F16", "output": "F32"}, False),  # a float head: a plain MatMul, exact anyway
+]
+
+
+@pytest.mark.parametrize("types,tied", RESCORE_CONFIGS)
+def test_fused_rescore_head_gives_the_exact_top1(tiny_gguf, types, tied):
+    model = GGUFModel(tiny_gguf(types=types, tied=tied))
+    ids = np.random.default_rng(3).integers(0, model.config.n_vocab, 24)
+    want = ReferenceLlama(model).logits(ids)
+    got, _ = _fused_run(_fused_session(model, head="rescore"), model.config, [ids])
+    top = want.argmax(-1)
+    assert (got.argmax(-1) == top).all()
+    rows = np.arange(len(ids))
+    np.testing.assert_allclose(got[rows, top], want[rows, top], rtol=0, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=5e-2 * np.abs(want).max())  # the others: int8-accurate
+
+
+def _head_session(w: quant.BlockQuant, head: str):
+    from onnx import TensorProto, helper
+
+    b = graph._Builder(4 if head == "int8" else 0)  # int8: the head alone, int8 activations
+    y = graph._rescored_head(b, "h", w, None) if head == "rescore" else graph._fused_linear(b, "h", w, "o", {})
+    b.op("Identity", [y], outputs=["y"])
+    g = helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("h", TensorProto.FLOAT, [None, w.shape[1]])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], b.inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.OPSET), helper.make_opsetid(graph.MS, 1)])
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_rescore_head_picks_the_exact_maximum_among_near_ties():
+    """4,000 rows, in pairs that differ by one step of one weight: the int8 logits misorder close
+    rows, the rescored ones must not (and the int8 error stays inside the bound the graph assumes)."""
+    rng = np.random.default_rng(11)
+    n_pairs, k = 2000, 192
+    raw = quants.quantize(rng.standard_normal((n_pairs, k)).astype(np.float32), quants.GGMLQuantizationType.Q8_0)
+    base = quant.decode_blocks(raw, int(quants.GGMLQuantizationType.Q8_0), k)
+    q2 = base.q.copy()
+    col = rng.integers(0, k, n_pairs)
+    q2[np.arange(n_pairs), col] = np.where(q2[np.arange(n_pairs), col] < 255, q2[np.arange(n_pairs), col] + 1,
+                                           q2[np.arange(n_pairs), col] - 1)
+    w = quant.concat_rows([base, quant.BlockQuant(8, q2, base.scale, base.zp, None, "Q8_0")])
+    exact_w = w.dequantize().astype(np.float64)
+    rescore, int8 = _head_session(w, "rescore"), _head_session(w, "int8")
+    # activations with outlier channels, as a real model's final hidden state has
+    h = rng.standard_normal((400, k)).astype(np.float32)
+    h[:, rng.integers(0, k, 3)] *= 40
+    want = h.astype(np.float64) @ exact_w.T
+    got = rescore.run(None, {"h": h})[0]
+    picked = want[np.arange(len(h)), got.argmax(-1)]
+    best = want.max(-1)
+    assert (picked >= best - 2e-7 * np.abs(best)).all()  # the maximum, up to fp32 resolution (~1e-6 here)
+    # the assumption behind the bound: per-32-block int8 activations, error <= amax_b / 254 * |w| block sums
+    l1 = np.abs(exact_w).reshape(len(exact_w), -1, quant.QK).sum(-1)
+    bound = (np.abs(h).reshape(len(h), -1, quant.QK).max(-1) / 254) @ l1.T
+    err = np.abs(int8.run(None, {"h": h})[0] - want)
+    assert (err <= bound * 1.02 + 1e-5).all()
+    swapped = (int8.run(None, {"h": h})[0].argmax(-1) != want.argmax(-1)).sum()
+    assert swapped > 0  # the int8 head alone does get pairs wrong: this test can fail

@@ -16,10 +16,13 @@ from edged.llm.engine import Engine
 from edged.llm.gguf_model import GGUFModel
 from edged.llm.reference import ReferenceLlama
 
+from .conftest import assert_top1_exact
+
 
 def test_precision_options():
     assert precision_options() == BuildOptions()  # exact is the default build
-    assert precision_options("exact", graph="plain") == BuildOptions(graph="plain")
+    assert precision_options("exact", graph="plain") == BuildOptions(graph="plain", head="split4")
+    assert BuildOptions().head == "rescore"  # the fused graph's exact head
     fast = precision_options("fast", graph="plain")
     assert (fast.accuracy_level, fast.head, fast.graph) == (4, "int8", "plain")
     assert list(PRECISIONS) == ["exact", "fast"]
@@ -67,11 +70,10 @@ def test_pull_precision_fast_then_exact(pull_cli, capsys):
 
     assert run() == 0  # the default is exact: the changed options rebuild the directory
     doc = manifest.verify(out)
-    assert (doc["build"]["accuracy_level"], doc["build"]["head"]) == (0, "split4")
-    assert _accuracy_levels(out) == {0}
+    assert (doc["build"]["accuracy_level"], doc["build"]["head"]) == (0, "rescore")
+    assert _accuracy_levels(out) == {0, 4}  # fp32 layers; the head's first pass in int8, then rescored
     exact = Engine(out, threads=1, warm=False).score(ids)
-    np.testing.assert_allclose(exact, want, rtol=0, atol=1e-3 * np.abs(want).max())
-    assert (exact.argmax(-1) == want.argmax(-1)).all()
+    assert_top1_exact(exact, want, 1e-3, 5e-2)
     assert "ready in" in capsys.readouterr().out
 
 

@@ -63,7 +63,7 @@ def main() -> None:
         # in a child process (a no-op when current): a fork of a parent that built a model would
         # start with the parent's peak RSS (Linux keeps ru_maxrss across fork/exec)
         subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from edged.llm.build import "
-                        "BuildOptions, build; build(sys.argv[2], sys.argv[3], BuildOptions(graph=sys.argv[4]))",
+                        "precision_options, build; build(sys.argv[2], sys.argv[3], precision_options(graph=sys.argv[4]))",
                         str(REPO), a.gguf, str(d), variant], check=True)
         a.model_dir.append(str(d))
     if not a.model_dir:
