@@ -138,7 +138,8 @@ class Daemon:
             return None
         models_dir = Path(settings.models.dir or Path(settings.node.state_dir) / "models")
         phraser = Phraser(models_dir / settings.llm.model, settings.llm.threads, self.stats,
-                          max_new_tokens=settings.llm.max_new_tokens, load_now=settings.llm.load == "start")
+                          max_new_tokens=settings.llm.max_new_tokens, load_now=settings.llm.load == "start",
+                          lookup_tokens=settings.llm.lookup_tokens)
         if settings.llm.phrase_summaries:
             self.pipeline.on_episode_start = self._phrase_summary
         return phraser

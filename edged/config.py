@@ -170,6 +170,7 @@ class LlmSettings(Section):
     load: Literal["start", "first_use"] = "first_use"
     threads: int = Field(2, ge=1, le=64)
     max_new_tokens: int = Field(64, ge=8, le=1024)
+    lookup_tokens: int = Field(8, ge=0, le=32, description="prompt-lookup draft length; 0 = one token per pass")
     phrase_answers: bool = True
     phrase_summaries: bool = True
     summary_timeout_s: float = Field(10.0, gt=0, le=300)

@@ -106,6 +106,7 @@ model = "smollm2-135m"       # under [models] dir; install with: edged models pu
 load = "first_use"           # or "start"
 threads = 2
 max_new_tokens = 64
+lookup_tokens = 8            # drafts copied from the prompt, checked in one pass (same tokens, faster); 0: off
 phrase_answers = true        # local answers reworded by the model (guarded; template otherwise)
 phrase_summaries = true      # anomaly "summary" events follow "start" with the model's wording
 summary_timeout_s = 10

@@ -133,3 +133,61 @@ def test_sampling_top_p_keeps_the_nucleus():
 def test_prompt_longer_than_the_context_is_refused(engine):
     with pytest.raises(ValueError, match="context"):
         engine.generate([5] * (engine.n_ctx + 1), max_new_tokens=1)
+
+
+# --- prompt lookup (fused graph): drafts checked in one pass keep the greedy tokens ------------
+
+def test_lookup_keeps_the_greedy_tokens(tiny_model_dir):
+    plain = Engine(tiny_model_dir, threads=1, warm=False, lookup=0)
+    drafting = Engine(tiny_model_dir, threads=1, warm=False, lookup=8)
+    for eng in (plain, drafting):
+        eng.eos_ids = frozenset()
+    prompts = ["the water in the tank and the water in the sea and the water in the",
+               "in the sea the other the other the other the other",
+               "on on on on on on on on on on on on"]
+    for text in prompts:
+        ids = plain.encode(text)
+        for n in (1, 2, 7, 40):  # drafts cut at max_new_tokens
+            a, b = plain.generate(ids, max_new_tokens=n), drafting.generate(ids, max_new_tokens=n)
+            assert b.token_ids == a.token_ids and b.finish_reason == a.finish_reason
+        a = plain.generate(ids, max_new_tokens=40, stop=["the o"])
+        b = drafting.generate(ids, max_new_tokens=40, stop=["the o"])
+        assert (b.token_ids, b.text, b.finish_reason) == (a.token_ids, a.text, a.finish_reason)
+    st = drafting.lookup_stats
+    assert st["passes"] > 0 and st["accepted"] > 0, st  # drafts were checked, and some kept
+    assert plain.lookup_stats["passes"] == 0
+    # the buffers stay consistent after drafts: scoring from scratch equals the plain engine's
+    ids = plain.encode(prompts[0])
+    np.testing.assert_allclose(drafting.score(ids), plain.score(ids), rtol=0, atol=1e-5)
+
+
+def test_lookup_is_off_for_sampling_and_the_plain_graph(tiny_model_dir, tiny_plain_model_dir):
+    eng = Engine(tiny_model_dir, threads=1, warm=False, lookup=8)
+    eng.eos_ids = frozenset()
+    ids = eng.encode("on on on on on on on on on on on on")
+    eng.generate(ids, max_new_tokens=20, temperature=0.8, seed=1)
+    assert eng.lookup_stats["passes"] == 0
+    assert Engine(tiny_plain_model_dir, threads=1, warm=False, lookup=8).lookup == 0
+
+
+def test_drafter_proposes_what_followed_the_latest_match_while_it_pays():
+    from edged.llm.engine import _Drafter
+
+    d = _Drafter((1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 8, 0, 1, 2), n=3, gate=3.0)
+    assert d.propose(8) == []  # (0, 1, 2) never occurred before
+    d.add(3)  # context ends 1, 2, 3: the latest earlier 1, 2, 3 was followed by 6, 7, 8 ...
+    assert d.propose(4) == [6, 7, 8, 0]
+    assert d.propose(0) == []
+    d.checked(0)
+    d.checked(0)  # two misses: the average kept (3 -> 1.5 -> 0.75) is below the gate
+    assert d.propose(4) == []  # not checked now; remembered as a shadow draft [6, 7, 8, 0]
+    for tok in (6, 7, 8, 0, 5):  # the model generates what the draft said: 4 kept
+        d.add(tok)
+    assert d.kept == 0.75 / 2 + 4 / 2 < 3
+    for tok in (1, 2, 3):  # ... 0, 5, 1, 2, 3: the latest earlier 1, 2, 3 was followed by 6, 7, 8, 0, 5
+        d.add(tok)
+    assert d.propose(8) == []  # still below the gate: a second shadow draft
+    for tok in (6, 7, 8, 0, 5, 1, 2, 3, 4):  # all 8 of it come true
+        d.add(tok)
+    assert d.kept == 2.375 / 2 + 8 / 2 >= 3
+    assert d.propose(2) != []  # drafting pays again

@@ -10,6 +10,10 @@ on a shared machine hits all of them alike.  Reports load time, prompt tok/s, de
 and peak RSS, median over trials (min-max in brackets), and each edged engine's ratio to
 llama.cpp per trial (the two runs of a trial are neighbours in time), median [min-max].  llama.cpp comes from
 llama-cpp-python in its own venv (tools/llm/llama_env.sh builds it when missing).
+
+``--job phrasing --lookup 8`` measures the daemon's own kind of work (rewriting a template
+answer) with prompt-lookup drafts in both engines; the default (``--job explain``, no lookup)
+is the like-for-like one-token-per-step decode figure.
 """
 
 from __future__ import annotations
@@ -33,6 +37,22 @@ PROMPT = ("<|im_start|>system\nYou are a concise assistant for an industrial mon
           "<|im_start|>assistant\n")
 
 
+# --job phrasing: what the daemon asks of the model -- rewrite a template answer, keeping its
+# numbers and names (edged/phrasing.py's system prompt), so much of the output copies the input
+PHRASING_ANSWER = ("Yes: 2 anomalies in the greenhouse in the last hour: greenhouse/humidity rose to 91% at 14:02 "
+                   "(typical 55-70%, ended 14:20); greenhouse/soil_moisture fell to 12% at 14:30 (typical 30-45%, "
+                   "ongoing, 25 minutes so far). The other 4 greenhouse metrics stayed within their usual range.")
+
+
+def job_prompt(job: str) -> str:
+    if job == "explain":
+        return PROMPT
+    from edged.phrasing import ANSWER_SYSTEM
+
+    return (f"<|im_start|>system\n{ANSWER_SYSTEM}<|im_end|>\n<|im_start|>user\n{PHRASING_ANSWER}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+
+
 def llama_python() -> str:
     venv = subprocess.run([str(HERE / "llama_env.sh")], check=True, capture_output=True, text=True).stdout.strip()
     return str(Path(venv) / "bin" / "python")
@@ -52,9 +72,16 @@ def main() -> None:
     ap.add_argument("--build-dir", default="/tmp/edged-llm-variants")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trials", type=int, default=5)
-    ap.add_argument("--n-new", type=int, default=64)
+    ap.add_argument("--n-new", type=int, help="new tokens (default 64; phrasing: up to 160, ending at the model's end of turn)")
     ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--job", choices=["explain", "phrasing"], default="explain",
+                    help="explain: a free-form answer (the default); phrasing: rewrite a template answer, as the daemon does")
+    ap.add_argument("--lookup", type=int, default=0,
+                    help="prompt-lookup draft length for every engine (llama.cpp: its LlamaPromptLookupDecoding); "
+                         "0: one token per step (the like-for-like decode figure)")
     a = ap.parse_args()
+    if a.n_new is None:
+        a.n_new = 160 if a.job == "phrasing" else 64
 
     from edged.llm.tokenizer import load_tokenizer
 
@@ -69,12 +96,15 @@ def main() -> None:
     if not a.model_dir:
         ap.error("give --model-dir and/or --graph")
 
-    prompt = load_tokenizer(Path(a.model_dir[0]) / "tokenizer.json").encode(PROMPT, add_special_tokens=False).ids
+    prompt = load_tokenizer(Path(a.model_dir[0]) / "tokenizer.json").encode(job_prompt(a.job), add_special_tokens=False).ids
     llama_py = llama_python()
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job.json"
-        job.write_text(json.dumps({"prompt": prompt, "n_new": a.n_new}))
+        spec = {"prompt": prompt, "n_new": a.n_new}
+        if a.job == "phrasing":  # the answer ends where the model ends it, in both engines
+            spec["eos"] = json.loads((Path(a.model_dir[0]) / "model.json").read_text())["eos_token_ids"]
+        job.write_text(json.dumps(spec))
         out = Path(tmp) / "out.json"
         engines = [("llama.cpp", [llama_py, str(HERE / "llama_worker.py"), "bench", a.gguf, str(job), str(out)])]
         for d in a.model_dir:
@@ -82,10 +112,11 @@ def main() -> None:
             engines.append((f"edged:{Path(d).name} ({graph})", [sys.executable, str(HERE / "edged_worker.py"), d, str(job), str(out)]))
         for trial in range(a.trials):
             for name, cmd in (engines if trial % 2 == 0 else engines[::-1]):
-                r = run(cmd + ["--threads", str(a.threads)], out)
+                r = run(cmd + ["--threads", str(a.threads), "--lookup", str(a.lookup)], out)
                 results.setdefault(name, []).append(r)
                 print(f"trial {trial} {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in r.items()), flush=True)
-    print(f"\nprompt {len(prompt)} tokens, {a.n_new} new tokens, {a.threads} threads, {a.trials} trials (median [min-max])")
+    print(f"\njob {a.job}, lookup {a.lookup}: prompt {len(prompt)} tokens, {a.n_new} new tokens, {a.threads} threads, "
+          f"{a.trials} trials (median [min-max])")
     keys = ["load_s", "prompt_tps", "decode_tps", "peak_rss_mb"]
     print("| engine | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, rs in results.items():
