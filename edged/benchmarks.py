@@ -41,7 +41,7 @@ def bench_llm(model_dir: Path, settings: Settings, repeats: int = 3) -> dict:
     from .llm.engine import Engine
 
     t0 = time.perf_counter()
-    engine = Engine(model_dir, threads=settings.llm.threads, verify=False)
+    engine = Engine(model_dir, threads=settings.llm.threads, verify=False, lookup=settings.llm.lookup_tokens)
     load_s = time.perf_counter() - t0
     prompt = "Summarise: greenhouse/humidity rose to 91% (typical 55–70%) at 14:02, 12 minutes so far."
     prompt_tps, decode_tps = [], []
@@ -51,6 +51,7 @@ def bench_llm(model_dir: Path, settings: Settings, repeats: int = 3) -> dict:
             prompt_tps.append((gen.prompt_tokens - gen.cached_tokens) / gen.prompt_s)
         if gen.decode_s > 0:
             decode_tps.append(len(gen.token_ids) / gen.decode_s)
-    return {"model": model_dir.name, "provider": "cpu", "threads": settings.llm.threads, "load_s": round(load_s, 2),
+    return {"model": model_dir.name, "provider": "cpu", "threads": settings.llm.threads,
+            "lookup_tokens": engine.lookup, "load_s": round(load_s, 2),
             "prompt_tok_s": round(statistics.median(prompt_tps), 1) if prompt_tps else None,
             "decode_tok_s": round(statistics.median(decode_tps), 1) if decode_tps else None}

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llm", type=Path, required=True, help="a built model directory")
     ap.add_argument("--episodes", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lookup", type=int, default=8, help="[llm] lookup_tokens (0: one token per pass)")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for one summary")
     args = ap.parse_args(argv)
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         f'[node]\nid = "{NODE}"\nstate_dir = "{tmp / "state"}"\nclock = "data"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
         f'[anomaly]\ndetector = "zscore"\nlearning_readings = 20\n'
-        f'[llm]\nenabled = true\nload = "start"\nthreads = {args.threads}\nmodel = "{args.llm.name}"\n'
+        f'[llm]\nenabled = true\nload = "start"\nthreads = {args.threads}\nlookup_tokens = {args.lookup}\nmodel = "{args.llm.name}"\n'
         f'[models]\ndir = "{args.llm.parent}"\n[log]\nlevel = "warning"\n'
     )
     daemon = start_edged(cfg, tmp)

@@ -35,7 +35,8 @@ class BuildOptions:
     accuracy_level: int = 0  # MatMulNBits accuracy_level of the 4-bit layers (0: fp32 activations)
     # output matrix: "rescore" (int8 kernel, then the rows that could hold the maximum recomputed in
     # fp32: the exact top-1; fused graph only), "split4" (exact logits, two fp32 4-bit kernels) or
-    # "int8" (int8 kernel alone, approximate)
+    # "int8" (int8 kernel alone, approximate).  A float output matrix is a plain fp32 MatMul under
+    # any of them (exact); the option is recorded as asked.
     head: str = ""  # "": the graph's exact head (fused: "rescore", plain: "split4")
     fuse: bool = True  # q/k/v and gate/up each as one MatMulNBits
     attention: str = "gqa"  # plain graph only: "gqa" (com.microsoft.GroupQueryAttention) or "ops" (plain ONNX ops)

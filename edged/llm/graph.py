@@ -283,7 +283,7 @@ def _fused_linear(b: _Builder, x: str, w, prefix: str, bsums: dict, split8: bool
 # scale = amax / 127 and rounds to nearest, so every int8 logit is within
 # err[n] <= sum_b amax_b / 254 * sum_{k in b} |w[n, k]| of the exact one.  Every row whose
 # interval [approx - 2 err, approx + 2 err] (2x: room for the fp32 sums) reaches the best lower
-# end could be the exact maximum; those rows -- a median of ~20 of 49,152 -- are gathered
+# end could be the exact maximum; those rows -- a median of 18-34 of 49,152 -- are gathered
 # dequantized and their logits recomputed in fp32.  The top-1 is then the exact model's; the
 # other logits stay int8-accurate (they only matter to sampling with a temperature).
 def _rescored_head(b: _Builder, h: str, w: "quant.BlockQuant", shared: str | None) -> str:

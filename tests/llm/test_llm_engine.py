@@ -173,21 +173,19 @@ def test_lookup_is_off_for_sampling_and_the_plain_graph(tiny_model_dir, tiny_pla
 def test_drafter_proposes_what_followed_the_latest_match_while_it_pays():
     from edged.llm.engine import _Drafter
 
-    d = _Drafter((1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 8, 0, 1, 2), n=3, gate=3.0)
+    d = _Drafter((1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 8, 0, 1, 2), n=3, gate=0.375)
     assert d.propose(8) == []  # (0, 1, 2) never occurred before
     d.add(3)  # context ends 1, 2, 3: the latest earlier 1, 2, 3 was followed by 6, 7, 8 ...
     assert d.propose(4) == [6, 7, 8, 0]
     assert d.propose(0) == []
-    d.checked(0)
-    d.checked(0)  # two misses: the average kept (3 -> 1.5 -> 0.75) is below the gate
+    d.checked(0, 4)
+    d.checked(0, 4)  # two misses: the share kept (0.375 -> 0.19 -> 0.09) is below the gate
     assert d.propose(4) == []  # not checked now; remembered as a shadow draft [6, 7, 8, 0]
-    for tok in (6, 7, 8, 0, 5):  # the model generates what the draft said: 4 kept
+    for tok in (6, 7, 8, 0, 5):  # the model generates what the draft said: all 4 kept
         d.add(tok)
-    assert d.kept == 0.75 / 2 + 4 / 2 < 3
-    for tok in (1, 2, 3):  # ... 0, 5, 1, 2, 3: the latest earlier 1, 2, 3 was followed by 6, 7, 8, 0, 5
+    assert d.kept == 0.375 / 4 / 2 + 1 / 2 >= 0.375
+    for tok in (1, 2, 3):  # ... 0, 5, 1, 2, 3: the latest earlier 1, 2, 3 was followed by 6, 7
         d.add(tok)
-    assert d.propose(8) == []  # still below the gate: a second shadow draft
-    for tok in (6, 7, 8, 0, 5, 1, 2, 3, 4):  # all 8 of it come true
-        d.add(tok)
-    assert d.kept == 2.375 / 2 + 8 / 2 >= 3
-    assert d.propose(2) != []  # drafting pays again
+    assert d.propose(2) == [6, 7]  # drafting pays again
+    d.checked(2, 2)  # a short draft wholly kept counts as wholly kept (any lookup_tokens pays)
+    assert d.kept == 1 / 2 * (0.375 / 4 / 2 + 1 / 2) + 1 / 2

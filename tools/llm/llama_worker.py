@@ -87,9 +87,11 @@ def bench(args, job):
     t = time.perf_counter()
     if args.lookup:  # generate() drafts and verifies; its first token comes from the prompt's logits
         for tok in llm.generate(job["prompt"], temp=0.0, top_k=1, repeat_penalty=1.0):
-            if tok in eos or len(new) > job["n_new"]:
+            if tok in eos:
                 break
             new.append(tok)
+            if len(new) > job["n_new"]:
+                break
     else:
         while tok not in eos:
             new.append(tok)
