@@ -148,7 +148,7 @@ class Phraser:
             self.last_progress = time.monotonic()
 
     def _phrase(self, job: _Job) -> str | None:
-        from .llm.guard import check
+        from .llm.guard import check, missing_numbers, summary_keeps
 
         remaining = job.deadline - time.monotonic()
         if remaining <= 0.1:
@@ -170,9 +170,13 @@ class Phraser:
             self.stats.incr("llm_timeouts" if gen.timed_out else "llm_empty")
             return None
         facts_text = json.dumps(job.facts) if not isinstance(job.facts, str) else job.facts
-        verdict = check(text, [facts_text, job.text])
-        if not verdict.ok:
+        problems = list(check(text, [facts_text, job.text]).problems)
+        if job.priority == SUMMARY and isinstance(job.facts, dict) and job.facts.get("metric"):
+            problems += summary_keeps(text, job.text, str(job.facts["metric"]))
+        elif job.priority == QUESTION:  # an answer states what was asked for: every number stays
+            problems += missing_numbers(text, job.text)
+        if problems:
             self.stats.incr("llm_guard_rejections")
-            log.info("llm_phrasing_rejected", problems=list(verdict.problems)[:3], seconds=round(elapsed, 2))
+            log.info("llm_phrasing_rejected", problems=problems[:3], seconds=round(elapsed, 2))
             return None
         return text

@@ -243,3 +243,38 @@ def check(phrasing: str, facts: Any, extra_numbers: Iterable[float | int | str] 
         if name not in fact_metrics:
             problems.append(f"metric {name} is not in the facts")
     return Verdict(not problems, tuple(problems), tuple(s for s, _ in numbers), tuple(units), tuple(metrics))
+
+
+def summary_keeps(phrasing: str, template: str, metric: str) -> list[str]:
+    """What a reworded event summary dropped from its template: the metric (its full name or
+    its last path segment, ``/ _ - .`` read as spaces, any case) or the template's first number
+    after the metric's name (the value, or a silence's clock time).  A summary that keeps
+    neither tells the reader nothing true -- "The device has been disabled by the manufacturer."
+    passes :func:`check` (it states no number, unit or metric), so summaries need both."""
+    def norm(text: str) -> str:
+        return " " + " ".join(re.sub(r"[/_\-.]", " ", text.lower()).split()) + " "
+
+    said = norm(phrasing)
+    problems = []
+    if norm(metric) not in said and norm(metric.rsplit("/", 1)[-1]) not in said:
+        problems.append(f"the metric {metric} is not named")
+    rest = template[len(metric):] if template.startswith(metric) else template
+    first = _numbers(rest, words=False)[:1]
+    values = {v for _, v in _numbers(phrasing, words=True)}
+    if first and first[0][1] not in values and abs(first[0][1]) not in values:
+        problems.append(f"the number {first[0][0]} is missing")
+    return problems
+
+
+def missing_numbers(phrasing: str, source: str) -> list[str]:
+    """The numbers of ``source`` (a template answer) that ``phrasing`` no longer states, by value.
+    A rewording told to keep every number that drops one has lost a fact -- often by
+    re-attaching the numbers it kept to the wrong thing ("minimum 18.9 °C at 13:45")."""
+    said = {v for _, v in _numbers(phrasing, words=True)}
+    said |= {abs(v) for v in said}
+    out, seen = [], set()
+    for shown, v in _numbers(source, words=False):
+        if v not in said and abs(v) not in said and v not in seen:
+            seen.add(v)
+            out.append(f"the number {shown} is missing")
+    return out

@@ -83,3 +83,56 @@ def test_sign_may_be_dropped_but_not_invented_magnitudes():
 def test_extra_numbers_are_allowed_explicitly():
     assert not check("2 sensors report 91 °C.", FACTS).ok
     assert check("2 sensors report 91 °C.", FACTS, extra_numbers=[2]).ok
+
+
+# --- summaries must keep the metric and the headline number (edged.phrasing) -----------------
+
+SPIKE = ("bench/m00", "bench/m00 rose to 95 (typical 20–20.3) at 15:36.")
+SILENCE = ("bench/m01", "bench/m01 has sent no reading since 16:07 (expected every 60 seconds).")
+HUMID = ("greenhouse/humidity", "greenhouse/humidity rose to 91% (typical 55–70%) at 14:02, 12 minutes so far.")
+
+
+@pytest.mark.parametrize("event,phrasing", [
+    (SPIKE, "Bench/m00 rose to 95 (typical 20–20.3) at 15:36."),
+    (SPIKE, "m00 jumped to 95 at 15:36."),
+    (SILENCE, "Sensor m01 stopped reporting at 16:07."),
+    (HUMID, "The greenhouse humidity rose to 91% at 14:02."),
+    (HUMID, "Humidity in the greenhouse is up to 91 percent."),
+])
+def test_summaries_that_keep_metric_and_headline_pass(event, phrasing):
+    from edged.llm.guard import summary_keeps
+
+    metric, template = event
+    assert summary_keeps(phrasing, template, metric) == []
+
+
+@pytest.mark.parametrize("event,phrasing,problems", [
+    # what the 135M model wrote for the daemon's bench episodes (tools/bench_summary.py)
+    (SPIKE, "The device has been disabled by the manufacturer.", 2),
+    (SPIKE, "Bench 20.3: 97.", 2),
+    (SILENCE, "The alarm was sent to the 16th of 16:07.", 1),  # keeps 16:07, names no metric
+    (HUMID, "Greenhouse air got wetter.", 2),
+    (HUMID, "The humidity is very high in the greenhouse.", 1),  # drops the 91
+])
+def test_summaries_that_drop_metric_or_headline_are_rejected(event, phrasing, problems):
+    from edged.llm.guard import summary_keeps
+
+    metric, template = event
+    assert len(summary_keeps(phrasing, template, metric)) == problems
+
+
+def test_check_alone_lets_an_invented_summary_through():
+    assert check("The device has been disabled by the manufacturer.", SPIKE[1]).ok  # hence summary_keeps
+
+
+def test_answers_must_keep_every_number_of_the_template():
+    from edged.llm.guard import missing_numbers
+
+    template = "kitchen/temperature: 21.3 °C now; today's minimum 18.9 °C at 06:10, maximum 23.4 °C at 13:45."
+    # the 135M model's wording: every number it states is a fact, but the minimum's time is wrong
+    wrong = "kitchen/temperature: 21.3 °C now; today's minimum 18.9 °C at 13:45; maximum 23.4 °C at 13:45."
+    assert check(wrong, template).ok
+    assert missing_numbers(wrong, template) == ["the number 06 is missing", "the number 10 is missing"]
+    kept = "The kitchen is at 21.3 °C; today it went from 18.9 °C (06:10) up to 23.4 °C at 13:45."
+    assert missing_numbers(kept, template) == []
+    assert missing_numbers("It is -5 °C.", "It is 5 °C below zero: -5 °C.") == []  # by value, sign aside
