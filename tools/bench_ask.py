@@ -563,6 +563,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  run {r + 1}/{args.runs}: local p50 {_p(run.local_ms, 50) or 0:.1f} ms p95 {_p(run.local_ms, 95) or 0:.1f} ms; "
                 f"cloud overhead p50 {_p(run.overhead_ms, 50) or 0:.1f} ms p95 {_p(run.overhead_ms, 95) or 0:.1f} ms "
                 f"(server {_p(run.server_ms, 50) or 0:.0f} ms); off-route {len(run.off_route)}")
+        if args.llm:  # how many local answers the model's wording replaced (the rest kept the template)
+            before = asker.stats
+            wait_for(lambda: asker.stats is not before, 10, "the daemon's next stats")  # they cover every answer
+            st = asker.stats
+            log(f"  LM: {st.get('llm_generations', 0)} generations, {st.get('llm_guard_rejections', 0)} refused by the "
+                f"guard, {st.get('llm_expired', 0)} expired in the queue, {st.get('llm_timeouts', 0)} timed out")
         if args.cli_runs:
             cli = measure_cli(config, tmp, args.cli_runs, log)
     except KeyboardInterrupt:
