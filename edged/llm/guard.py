@@ -259,22 +259,18 @@ def summary_keeps(phrasing: str, template: str, metric: str) -> list[str]:
     if norm(metric) not in said and norm(metric.rsplit("/", 1)[-1]) not in said:
         problems.append(f"the metric {metric} is not named")
     rest = template[len(metric):] if template.startswith(metric) else template
-    first = _numbers(rest, words=False)[:1]
-    values = {v for _, v in _numbers(phrasing, words=True)}
-    if first and first[0][1] not in values and abs(first[0][1]) not in values:
-        problems.append(f"the number {first[0][0]} is missing")
-    return problems
+    return problems + missing_numbers(phrasing, rest, first_only=True)
 
 
-def missing_numbers(phrasing: str, source: str) -> list[str]:
-    """The numbers of ``source`` (a template answer) that ``phrasing`` no longer states, by value.
-    A rewording told to keep every number that drops one has lost a fact -- often by
-    re-attaching the numbers it kept to the wrong thing ("minimum 18.9 °C at 13:45")."""
-    said = {v for _, v in _numbers(phrasing, words=True)}
-    said |= {abs(v) for v in said}
+def missing_numbers(phrasing: str, source: str, first_only: bool = False) -> list[str]:
+    """The numbers of ``source`` (a template answer) that ``phrasing`` no longer states, by value
+    (sign aside; ``first_only``: just its first number).  A rewording told to keep every number
+    that drops one has lost a fact -- often by re-attaching the numbers it kept to the wrong
+    thing ("minimum 18.9 °C at 13:45")."""
+    said = {abs(v) for _, v in _numbers(phrasing, words=True)}
     out, seen = [], set()
-    for shown, v in _numbers(source, words=False):
-        if v not in said and abs(v) not in said and v not in seen:
+    for shown, v in _numbers(source, words=False)[:1 if first_only else None]:
+        if abs(v) not in said and v not in seen:
             seen.add(v)
             out.append(f"the number {shown} is missing")
     return out
