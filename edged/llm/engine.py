@@ -12,10 +12,11 @@
     writes the new positions in place -- no per-step copies, no per-step allocations.  Small
     inputs and the logits output are pre-allocated and bound once.
   - ``plain``: the decoder returns the cache with the new positions; it is fed back each step.
-* Warm system prompt: the system turn is run once (at start-up or on ``set_system_prompt``)
-  and its cache reused by every request with that system prompt (plain: immutable arrays,
-  shared; fused: its positions stay in the buffers -- later requests write after them -- and
-  a snapshot restores them if another prompt overwrote them).
+* Warm system prompts: each system turn is run once (the default one at start-up or on
+  ``set_system_prompt``, others on first use; the last WARM_SYSTEMS used are kept) and its
+  cache reused by every request with that system prompt (plain: immutable arrays, shared;
+  fused: its positions stay in the buffers -- later requests write after them -- and a
+  snapshot restores them if another sequence overwrote them).
 * Greedy by default; ``temperature`` > 0 samples (``top_p``, ``seed`` for repeatability).
 * Stop sequences cut the text before them; EOS / end-of-turn tokens end generation.
 * A wall-clock deadline returns what has been generated so far, flagged ``deadline``.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -78,6 +80,7 @@ class _Cache:
     logits: np.ndarray | None = field(default=None, repr=False)  # after the last id
 
 
+WARM_SYSTEMS = 4  # system turns whose KV cache is kept, least recently used dropped (the daemon uses two)
 DEFAULT_MAX_LENGTH = 2048  # fused graph: KV buffer positions (pages are only touched as they fill)
 
 
@@ -121,25 +124,35 @@ class Engine:
         else:
             empty = np.zeros((1, n_kv, 0, hd), np.float32)
             self._empty = _Cache((), {f"past_{k}_{i}": empty for i in range(self.config["n_layer"]) for k in ("key", "value")})
-        self._warm: _Cache | None = None
-        self._warm_system: str | None = None
+        self._warm: OrderedDict[str | None, _Cache] = OrderedDict()  # system prompt -> its turn's cache
+        self._warm_system = system_prompt  # chat()'s default
         if warm:
             self.set_system_prompt(system_prompt)
-        else:
-            self._warm_system = system_prompt
 
     # --- prompts -------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def set_system_prompt(self, system: str | None) -> None:
-        """Run the system turn once and keep its KV cache for later requests."""
-        prefix = self.chat_format.system_prefix(system)
+        """Make ``system`` chat()'s default, its turn run now and kept for later requests."""
+        self._warm_system = system
+        self._system_cache(system)
+
+    def _system_cache(self, system: str | None) -> _Cache:
+        """The cache after ``system``'s turn: computed on its first use and kept (WARM_SYSTEMS of
+        them; fused: as a snapshot, restored when the buffers hold another sequence)."""
         with self._lock:
-            self._warm_system = system
-            self._warm = self._extend(self._empty, self.encode(prefix), None) if prefix else self._empty
-            if self.graph == "fused" and self._warm is not None:
-                self._warm = self._snapshot(self._warm)
+            cache = self._warm.get(system)
+            if cache is None:
+                prefix = self.chat_format.system_prefix(system)
+                cache = self._extend(self._empty, self.encode(prefix), None) if prefix else self._empty
+                if self.graph == "fused" and prefix:
+                    cache = self._snapshot(cache)
+                self._warm[system] = cache
+                while len(self._warm) > WARM_SYSTEMS:
+                    self._warm.popitem(last=False)
+            self._warm.move_to_end(system)
+            return cache
 
     def chat(self, user: str | list[dict], system: str | None = ..., **kw) -> Generation:  # type: ignore[assignment]
         """Answer one user message (or a message list) under ``system`` (default: the warm one)."""
@@ -151,13 +164,8 @@ class Engine:
                 system, messages = messages[0]["content"], messages[1:]
         if system is ...:
             system = self._warm_system
-        prefix = self.chat_format.system_prefix(system)
         body = "".join(self.chat_format.turn(m["role"], m["content"]) for m in messages) + "<|im_start|>assistant\n"
-        if system == self._warm_system and self._warm is None:
-            self.set_system_prompt(system)
-        if system == self._warm_system and self._warm is not None:
-            return self.generate(self.encode(body), cache=self._warm, **kw)
-        return self.generate(self.encode(prefix) + self.encode(body), **kw)
+        return self.generate(self.encode(body), cache=self._system_cache(system), **kw)
 
     # --- fused graph: IO binding ---------------------------------------------------------
     def _init_binding(self, ort, n_kv: int, hd: int) -> None:

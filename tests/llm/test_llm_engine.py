@@ -83,11 +83,28 @@ def test_warm_system_prompt_is_reused_and_equivalent(engine):
     cold = engine.generate(engine.encode(prompt), max_new_tokens=12)
     assert cold.cached_tokens == 0 and cold.prompt_tokens == warm.prompt_tokens
     assert cold.token_ids == warm.token_ids
+    # another system prompt: its turn is run on first use and kept beside the first one's
     other = engine.chat("what is the water level?", system="Be verbose.", max_new_tokens=12)
-    assert other.cached_tokens == 0
-    # the fused graph's buffers now hold the other prompt: the warm one comes back from its snapshot
+    verbose = engine.chat_format.render([{"role": "system", "content": "Be verbose."},
+                                         {"role": "user", "content": "what is the water level?"}])
+    assert other.token_ids == engine.generate(engine.encode(verbose), max_new_tokens=12).token_ids
+    # the fused graph's buffers now hold another sequence: each warm turn comes back from its snapshot
     again = engine.chat("what is the water level?", max_new_tokens=12)
     assert again.cached_tokens == warm.cached_tokens and again.token_ids == warm.token_ids
+    other_again = engine.chat("what is the water level?", system="Be verbose.", max_new_tokens=12)
+    assert other_again.cached_tokens == other.cached_tokens > 0 and other_again.token_ids == other.token_ids
+
+
+def test_warm_system_turns_are_bounded(tiny_model_dir):
+    from edged.llm.engine import WARM_SYSTEMS
+
+    eng = Engine(tiny_model_dir, threads=1, system_prompt="Be brief.")
+    eng.eos_ids = frozenset()
+    for i in range(WARM_SYSTEMS + 3):
+        eng.chat("hello", system=f"System {i}.", max_new_tokens=2)
+    assert len(eng._warm) == WARM_SYSTEMS  # least recently used dropped
+    assert "Be brief." not in eng._warm
+    assert eng.chat("hello", max_new_tokens=2).cached_tokens > 0  # the default comes back when asked
 
 
 def test_score_matches_the_fp32_reference_and_generation(engine, tiny_model_dir):
