@@ -50,10 +50,10 @@ class Phraser:
     beyond the deadline they pass."""
 
     def __init__(self, model_dir: Path, threads: int, stats: Stats, *, max_new_tokens: int = 64,
-                 max_summaries: int = 8, load_now: bool = False, engine_factory=None, lookup_tokens: int = 8) -> None:
+                 max_summaries: int = 8, load_now: bool = False, engine_factory=None, lookup_tokens: int | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.threads = threads
-        self.lookup_tokens = lookup_tokens
+        self.lookup_tokens = lookup_tokens  # None: the engine's default
         self.stats = stats
         self.max_new_tokens = max_new_tokens
         self.max_summaries = max_summaries
@@ -81,8 +81,8 @@ class Phraser:
                 else:
                     from .llm.engine import Engine
 
-                    self._engine = Engine(self.model_dir, threads=self.threads, verify=True, spin=False,
-                                          lookup=self.lookup_tokens)
+                    lookup = {} if self.lookup_tokens is None else {"lookup": self.lookup_tokens}
+                    self._engine = Engine(self.model_dir, threads=self.threads, verify=True, spin=False, **lookup)
                 log.info("llm_loaded", model=str(self.model_dir), load_s=round(time.monotonic() - t0, 2))
             except Exception as exc:  # missing files, checksum mismatch, onnxruntime errors
                 self._load_error = str(exc)[:300]

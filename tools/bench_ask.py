@@ -151,10 +151,12 @@ def Broker(workdir: Path, nodelay: bool = False) -> _Broker:
                    extra=RUN_AS + ("set_tcp_nodelay true\n" if nodelay else ""))
 
 
-def daemon_config(tmp: Path, port: int, base_url: str, llm: Path | None = None, lookup: int = 8) -> Path:
-    """``llm``: a built model directory; local answers are then phrased by it (under the guard)."""
+def daemon_config(tmp: Path, port: int, base_url: str, llm: Path | None = None, lookup: int | None = None) -> Path:
+    """``llm``: a built model directory; local answers are then phrased by it (under the guard).
+    ``lookup``: ``[llm] lookup_tokens`` (None: the daemon's default)."""
     path = tmp / "edged.toml"
-    llm_section = (f'[llm]\nenabled = true\nload = "start"\nmodel = "{llm.name}"\nlookup_tokens = {lookup}\n'
+    lookup_line = "" if lookup is None else f"lookup_tokens = {lookup}\n"
+    llm_section = (f'[llm]\nenabled = true\nload = "start"\nmodel = "{llm.name}"\n{lookup_line}'
                    f'[models]\ndir = "{llm.parent}"\n' if llm else '[llm]\nenabled = false\n')
     path.write_text(
         f'[node]\nid = "{NODE}"\nstate_dir = "{tmp / "state"}"\nstats_interval_s = 1\nclock = "data"\n'
@@ -508,7 +510,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "sockets, ~40 ms per MQTT hop that writes two packets back to back)")
     p.add_argument("--llm", type=Path, help="a built LM directory (e.g. /var/lib/edged/models/smollm2-135m): "
                    "local answers are LM-phrased; the table's 'local' rows then measure that (not with --write)")
-    p.add_argument("--lookup", type=int, default=8, help="with --llm: [llm] lookup_tokens (0: one token per pass)")
+    p.add_argument("--lookup", type=int, help="with --llm: [llm] lookup_tokens (0: one token per pass; default: the daemon's)")
     p.add_argument("--json", type=Path, help="also write every sample here")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     p.add_argument("--write", action="store_true", help="update the Questions section of docs/BENCHMARKS.md")

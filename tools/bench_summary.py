@@ -32,18 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llm", type=Path, required=True, help="a built model directory")
     ap.add_argument("--episodes", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--lookup", type=int, default=8, help="[llm] lookup_tokens (0: one token per pass)")
+    ap.add_argument("--lookup", type=int, help="[llm] lookup_tokens (0: one token per pass; default: the daemon's)")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for one summary")
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="edged-bench-summary-"))
     broker = Broker(tmp, max_inflight=20, max_queued=100000).start()
     cfg = tmp / "edged.toml"
+    lookup_line = "" if args.lookup is None else f"lookup_tokens = {args.lookup}\n"
     cfg.write_text(
         f'[node]\nid = "{NODE}"\nstate_dir = "{tmp / "state"}"\nclock = "data"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
         f'[anomaly]\ndetector = "zscore"\nlearning_readings = 20\n'
-        f'[llm]\nenabled = true\nload = "start"\nthreads = {args.threads}\nlookup_tokens = {args.lookup}\nmodel = "{args.llm.name}"\n'
+        f'[llm]\nenabled = true\nload = "start"\nthreads = {args.threads}\n{lookup_line}model = "{args.llm.name}"\n'
         f'[models]\ndir = "{args.llm.parent}"\n[log]\nlevel = "warning"\n'
     )
     daemon = start_edged(cfg, tmp)

@@ -18,6 +18,8 @@
   fused: its positions stay in the buffers -- later requests write after them -- and a
   snapshot restores them if another sequence overwrote them).
 * Greedy by default; ``temperature`` > 0 samples (``top_p``, ``seed`` for repeatability).
+  Greedy decoding on the fused graph checks prompt-lookup drafts in one pass (``lookup``;
+  see LOOKUP_TOKENS below): the same tokens, faster where the output copies its input.
 * Stop sequences cut the text before them; EOS / end-of-turn tokens end generation.
 * A wall-clock deadline returns what has been generated so far, flagged ``deadline``.
 * ``on_text`` receives text deltas as they become final (held back while they could still
@@ -299,8 +301,9 @@ class Engine:
             if int(np.argmax(logits[i])) != d:
                 break
             chain.append(_Cache(chain[-1].ids + (d,), None, logits[i + 1].copy()))
-        st = self.lookup_stats
-        st["passes"], st["drafted"], st["accepted"] = st["passes"] + 1, st["drafted"] + len(draft), st["accepted"] + len(chain) - 1
+        self.lookup_stats["passes"] += 1
+        self.lookup_stats["drafted"] += len(draft)
+        self.lookup_stats["accepted"] += len(chain) - 1
         return chain
 
     def generate(self, prompt_ids: list[int], *, cache: _Cache | None = None, max_new_tokens: int = 256,
