@@ -11,7 +11,8 @@ the GIL, which the sensor lane is waiting for, so they cost far more than their 
 
 - reads come from a 64 KiB buffer filled by one ``recv``, and ``loop_read`` goes on while
   the buffer holds bytes, so one wake-up handles hundreds of packets (but reads the socket
-  only once, so that writes and pings are never starved by a flood);
+  only once, and writes what was queued between packets, so that writes and pings are never
+  starved by a flood);
 - QoS 0 and 1 PUBLISH packets are decoded here into plain fields and handed to
   ``on_publish_fields``; MQTTv5 properties are parsed (by paho) only when present.
   QoS 2 and everything else take paho's own path.
@@ -104,8 +105,14 @@ class WireClient(paho.Client):
         # must still get round to its writes (states, PUBACKs) and keepalive pings.
         self._reads_left = 1
         rc = super().loop_read(max_packets)
-        # select() cannot see bytes already in the buffer: drain them before going back to it.
+        # select() cannot see bytes already in the buffer: drain them before going back to it,
+        # writing between packets whatever was queued meanwhile (a reply, a state, a PUBACK), so
+        # an outgoing packet waits for one incoming packet, not for the rest of a 64 KB backlog.
         while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._buffered() and self._sock is not None:
+            if self.want_write():
+                rc = self.loop_write()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
             rc = super().loop_read(max_packets)
         return rc
 
