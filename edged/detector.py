@@ -283,7 +283,7 @@ def spread_scores(appended: np.ndarray, fresh: np.ndarray) -> np.ndarray:
 
 def make_detector(kind: str, window: int, learning_readings: int, model_dir: str = "", runtime_settings=None) -> Detector:
     """``zscore``: the built-in rolling robust z-score. ``model``: the ONNX window encoder with
-    range-excursion and level-shift channels (edged/anomaly, models/edged-anomaly-mlp); its
+    range-excursion, level-shift, stuck-value and volatility channels (edged/anomaly, models/edged-anomaly-mlp); its
     model directory is checked against its manifest (sha256) before anything loads."""
     if kind == "zscore":
         return RobustZScoreDetector(window=window, learning_readings=learning_readings)

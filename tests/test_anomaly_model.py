@@ -27,6 +27,18 @@ def series(n: int = 1200, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return v, t
 
 
+def pipeline_windows(values: np.ndarray, times: np.ndarray, w: int):
+    """window(i): the (values, times) window of w the pipeline hands the detector with reading i
+    newest; NaN before the first reading."""
+    pad_v = np.concatenate([np.full(w, np.nan), values])
+    pad_t = np.concatenate([np.full(w, np.nan), times])
+
+    def window(i):
+        return pad_v[None, i + 1:i + 1 + w], pad_t[None, i + 1:i + 1 + w]
+
+    return window
+
+
 def test_committed_model_matches_its_manifest():
     manifest = verify(MODEL_DIR)
     assert {f.path for f in manifest.files} >= {"model.int8.onnx", "model.onnx"}
@@ -168,12 +180,8 @@ def test_model_detector_state_round_trips_through_state_dict():
     times = 1_750_000_000.0 + 300.0 * np.arange(n)  # 33 h: past learning (150 readings and a day)
     a, b = make_detector("model", 64, 30), make_detector("model", 64, 30)
     w = a.window
-    pad_v = np.concatenate([np.full(w, np.nan), values])  # the pipeline's windows: NaN before the first reading
-    pad_t = np.concatenate([np.full(w, np.nan), times])
+    window = pipeline_windows(values, times, w)
     slots = np.array([0])
-
-    def window(i):
-        return pad_v[None, i + 1:i + 1 + w], pad_t[None, i + 1:i + 1 + w]
 
     for i in range(300):
         a.score(slots, *window(i))
@@ -227,12 +235,8 @@ def test_snapshot_from_before_time_blocks_and_long_memory_still_loads():
     w = a.window
     rng = np.random.default_rng(2)
     n = 230
-    pad_v = np.concatenate([np.full(w, np.nan), 20 + rng.normal(size=n)])
-    pad_t = np.concatenate([np.full(w, np.nan), 1_750_000_000.0 + 300.0 * np.arange(n)])
+    window = pipeline_windows(20 + rng.normal(size=n), 1_750_000_000.0 + 300.0 * np.arange(n), w)
     slot = np.array([0])
-
-    def window(i):
-        return pad_v[None, i + 1:i + 1 + w], pad_t[None, i + 1:i + 1 + w]
 
     for i in range(200):
         a.score(slot, *window(i))
@@ -345,3 +349,64 @@ def test_a_round_in_any_slot_order_scores_as_each_metric_alone():
             want[i, j] = alone[j].score(np.array([0]), wins_v[j:j + 1], wins_t[j:j + 1])[0]
     np.testing.assert_allclose(np.nan_to_num(got, nan=-1), np.nan_to_num(want, nan=-1), rtol=0, atol=1e-12)
     assert np.isfinite(want[300:]).all() and want[380, 2] >= 0.5
+
+
+def test_volatility_channel_flags_a_series_that_starts_to_move_more_inside_its_range():
+    """A metric that begins to oscillate within its usual range (no new extreme, no lasting level
+    change) is what the denoising encoder is trained to ignore; the volatility channel's ratio
+    passes the alarm level within a few readings and leads the other channels there, and the
+    streaming path scores the series as the batch path does."""
+    from edged.anomaly.features import calibrate, learning_mask, raw_channels, score_series
+
+    det = make_detector("model", 64, 30)
+    p = det.p
+    assert "volatility" in p.use
+    n, onset = 2400, 2000
+    t = 1_750_000_000.0 + 300.0 * np.arange(n)
+    rng = np.random.default_rng(11)
+    v = 30 + rng.normal(0, 0.2, n)
+    v[[10, 30]] += [8.0, -8.0]  # the range is set early, while the detector learns
+    v[onset:] += np.where(np.arange(n - onset) % 2, 2.0, -2.0)  # a fast oscillation inside that range
+    assert v[onset:].max() < v[:onset].max() and v[onset:].min() > v[:onset].min()
+    ch = raw_channels(v, p, det.model, t)
+    learning = learning_mask(n, p, t)
+    vol = calibrate(ch, p.with_(use=("volatility",)), learning, t)
+    others = calibrate(ch, p.with_(use=tuple(c for c in p.use if c != "volatility")), learning, t)
+    assert vol[onset - 48:onset].max() < p.rho_half  # quiet before
+    assert (vol[onset:onset + 10] > p.rho_half).sum() >= 5
+    assert (vol[onset + 4:onset + 10] > 2 * others[onset + 4:onset + 10]).all()
+    batch = score_series(v, p, det.model, t)
+    rows = score_rows(make_detector("model", 64, 30), t, v)
+    np.testing.assert_allclose(np.nan_to_num(rows, nan=-1), np.nan_to_num(batch, nan=-1), atol=1e-9)
+    assert (rows[onset:onset + 10] >= 0.5).any()
+
+
+def test_snapshot_from_before_the_volatility_channel_keeps_the_other_channels():
+    """A snapshot saved without the volatility channel loads: the other channels keep their
+    calibration, and the new channel stays silent while it has no calibration history of its
+    own, so the metric scores exactly as the old detector would."""
+    from edged.anomaly.model_detector import ModelDetector
+
+    new = make_detector("model", 64, 30)
+    old_p = new.p.with_(use=tuple(c for c in new.p.use if c != "volatility"))
+    a, b = ModelDetector(old_p, new.model), ModelDetector(new.p, new.model)
+    assert a.cal_channels + ["volatility"] == b.cal_channels
+    w = b.window
+    rng = np.random.default_rng(5)
+    n = 700
+    v = 20 + np.sin(np.arange(n) / 30) + rng.normal(0, 0.3, n)
+    v[600:] += np.where(np.arange(100) % 2, 1.5, -1.5)  # would wake the volatility channel
+    window = pipeline_windows(v, 1_750_000_000.0 + 300.0 * np.arange(n), w)
+    slot = np.array([0])
+
+    for i in range(400):
+        a.score(slot, *window(i))
+    b.load_state_dict({k: x.copy() for k, x in a.state_dict(1).items()})
+    assert b.n[0] == 400 and np.isinf(b.hist[0, -1]).all()
+    np.testing.assert_array_equal(b.hist[0, :-1], a.hist[0])
+    scored = 0
+    for i in range(400, n):
+        sa, sb = a.score(slot, *window(i)), b.score(slot, *window(i))
+        np.testing.assert_array_equal(sa, sb)
+        scored += bool(np.isfinite(sa).all())
+    assert scored > 250

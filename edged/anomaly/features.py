@@ -14,7 +14,9 @@ Channels (all in units of the metric's running range ``hi - lo`` of the readings
 * ``shift``      |mean of the last ``ls_recent`` readings - median of the ``ls_ref`` before|;
 * ``model``      distance of the encoder's embedding of the latest window to the nearest past one;
 * ``stuck``      a run of identical readings against the longest earlier completed run (a flatline
-                 whose length is unusual for this series; fixed scale, like ``excursion``).
+                 whose length is unusual for this series; fixed scale, like ``excursion``);
+* ``volatility`` mean |x[i] - x[i-1]| over the last ``vol_len`` steps: a change in how much the
+                 series moves, which the denoising encoder is trained not to see.
 
 Calibration: each channel (except ``excursion``, which has a fixed scale) is divided by
 its own rolling order statistic (``calib_q`` quantile of its previous ``calib_len`` values,
@@ -37,7 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view as _swv
 
-CHANNELS = ("excursion", "knn", "shift", "model", "stuck")
+CHANNELS = ("excursion", "knn", "shift", "model", "stuck", "volatility")
 FIXED_SCALE = ("excursion", "stuck")  # channels with a fixed scale (not calibrated by their own history)
 
 
@@ -48,6 +50,7 @@ class Params:
     knn_center: bool = False  # subtract each window's mean (shape only) before the distance
     ls_recent: int = 4
     ls_ref: int = 48
+    vol_len: int = 48  # volatility channel: mean |x[i] - x[i-1]| over the last vol_len steps
     calib_len: int = 1000
     calib_q: float = 0.99
     calib_every: int = 8  # recompute each channel's order statistic every k readings (held between)
@@ -225,16 +228,21 @@ def refractory_span(times: np.ndarray, p: Params) -> np.ndarray | None:
 NOISE_C = 1.4826 / np.sqrt(2.0)
 
 
-def step_noise(x: np.ndarray, L: int) -> np.ndarray:
-    """s[t] = 1.4826 / sqrt(2) x median |x[i] - x[i-1]| over the readings t-L..t-1 (0 for t < L)."""
+def _steps_ending(x: np.ndarray, n: int, stat, lag: int) -> np.ndarray:
+    """out[t] = stat of the n steps |x[i] - x[i-1]| into readings t-lag-n+1..t-lag (0 before there are n)."""
     T = len(x)
     out = np.zeros(T)
-    if T <= L:
+    first = n + lag
+    if T <= first:
         return out
-    ad = np.abs(np.diff(x))  # ad[j] = |x[j+1] - x[j]|
-    med = np.median(_swv(ad, L - 1), axis=1)  # med[j]: diffs among x[j..j+L-1]
-    out[L:] = NOISE_C * med[:T - L]
+    steps = _swv(np.abs(np.diff(x)), n)  # row j: the steps into readings j+1..j+n
+    out[first:] = stat(steps, axis=1)[:T - first]
     return out
+
+
+def step_noise(x: np.ndarray, L: int) -> np.ndarray:
+    """s[t] = 1.4826 / sqrt(2) x median |x[i] - x[i-1]| over the readings t-L..t-1 (0 for t < L)."""
+    return NOISE_C * _steps_ending(x, L - 1, np.median, lag=1)
 
 
 def stuck_channel(x: np.ndarray, p: Params) -> np.ndarray:
@@ -250,6 +258,11 @@ def stuck_channel(x: np.ndarray, p: Params) -> np.ndarray:
     ended[:-1] = np.where(~eq[1:], run[:-1], 0)  # a run ending at s is complete at s + 1
     best = np.r_[0.0, np.maximum.accumulate(ended)[:-1]]
     return np.where(best > 0, run / (p.stuck_scale * np.maximum(best, p.stuck_min)), 0.0)
+
+
+def volatility_channel(x: np.ndarray, L: int) -> np.ndarray:
+    """v[t] = mean |x[i] - x[i-1]| over i = t-L+1..t (0 for t < L), in the metric's units."""
+    return _steps_ending(x, L, np.mean, lag=0)
 
 
 def since_gap(gap: np.ndarray) -> np.ndarray:
@@ -289,6 +302,8 @@ def raw_channels(x: np.ndarray, p: Params, model=None, times: np.ndarray | None 
     ch["shift"] = shift
     if "stuck" in p.use:
         ch["stuck"] = stuck_channel(x, p)
+    if "volatility" in p.use:
+        ch["volatility"] = volatility_channel(x, p.vol_len) / scale
     if "model" in p.use and model is not None:
         mw = model.window
         mch = np.zeros(T)
@@ -301,7 +316,7 @@ def raw_channels(x: np.ndarray, p: Params, model=None, times: np.ndarray | None 
         ch["model"] = mch
     if times is not None:
         sg = since_gap(gap_flags(np.asarray(times, dtype=float), p))
-        spans = {"knn": p.knn_window, "shift": p.ls_recent + p.ls_ref,
+        spans = {"knn": p.knn_window, "shift": p.ls_recent + p.ls_ref, "volatility": p.vol_len + 1,
                  "model": model.window if model is not None else 0}
         for name, L in spans.items():
             if name in ch:

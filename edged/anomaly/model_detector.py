@@ -1,6 +1,6 @@
 """Streaming anomaly detector: range excursion + nearest-past-window distance + level shift +
-an ONNX window model, each calibrated per metric by a rolling quantile of its own history,
-combined, squashed into [0, 1] and passed through a refractory filter.
+stuck value + volatility + an ONNX window model, each calibrated per metric by a rolling quantile
+of its own history, combined, squashed into [0, 1] and passed through a refractory filter.
 
 Implements the :class:`edged.detector.Detector` protocol. All per-metric state lives in
 arrays indexed by slot (grown on demand). The arithmetic is the same as the batch replay path
@@ -52,6 +52,8 @@ class ModelDetector:
         if p.refractory_unit not in ("readings", "time", "seconds"):
             raise ValueError(f"unknown refractory_unit {p.refractory_unit!r}")
         need = [p.knn_window, p.ls_recent + p.ls_ref, p.gap_context + 2, p.noise_len + 1]
+        if "volatility" in p.use:
+            need.append(p.vol_len + 1)
         if self.model is not None:
             need.append(self.model.window)
         self.window = int(max(need))
@@ -107,11 +109,12 @@ class ModelDetector:
 
     def state_dict(self, n: int) -> dict[str, np.ndarray]:
         """Per-slot state of slots [0, n) for the snapshot: a restart neither re-learns nor
-        loses its calibration (about 64 KB per metric with the shipped params)."""
+        loses its calibration (about 72 KB per metric with the shipped params)."""
         self._ensure(np.array([max(n - 1, 0)]))
         return {name: getattr(self, name)[:n] for name in self._STATE}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        state = self._with_added_channels(state)
         if set(self._STATE) - set(self._ADDED) - set(state) or set(state) - set(self._STATE) or any(
                 state[k].shape[1:] != getattr(self, k).shape[1:] for k in state):
             return  # saved with other params or another model: learn afresh
@@ -131,6 +134,31 @@ class ModelDetector:
             self.gmax[:n] = self.hist[np.arange(n), :, last % self.p.calib_len]
             self.gmax_kept[:n] = 0.0  # that reading may have been a learning one: keep it out of the peak
             self.block[:n] = -1
+
+    # calibrated channels newer than some snapshots (they come last in the shipped `use`)
+    _ADDED_CHANNELS = ("volatility",)
+    _CHANNEL_STATE = ("hist", "qstat", "lpeak", "gmax", "gmax_kept")
+
+    def _with_added_channels(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A snapshot taken before a calibrated channel was added lacks that channel's columns:
+        add them with a history of +inf, so the new channel stays silent (its calibrated ratio
+        is 0) until calib_len of its own blocks have replaced them, while the others keep
+        their calibration."""
+        if "qstat" not in state or state["qstat"].ndim != 2:
+            return state
+        old_nc, nc = state["qstat"].shape[1], len(self.cal_channels)
+        added = self.cal_channels[old_nc:]
+        if not 0 < old_nc < nc or any(c not in self._ADDED_CHANNELS for c in added):
+            return state
+        state = dict(state)
+        for name in self._CHANNEL_STATE:
+            if name not in state:
+                continue
+            a = state[name]
+            pad_shape = (a.shape[0], nc - old_nc) + a.shape[2:]
+            fill = np.inf if name in ("hist", "qstat") else 0.0
+            state[name] = np.concatenate([a, np.full(pad_shape, fill)], axis=1)
+        return state
 
     def _ensure(self, slots: np.ndarray) -> None:
         need = int(slots.max()) + 1 if len(slots) else 0
@@ -222,6 +250,14 @@ class ModelDetector:
                 shift[okk] = np.abs(rec - ref) / scale[okk]
         ch["shift"] = shift
 
+        if "volatility" in p.use:
+            vl = p.vol_len
+            vol = np.zeros(B)
+            okv = t >= vl
+            if okv.any():
+                vol[okv] = np.abs(np.diff(values[okv, -(vl + 1):], axis=1)).mean(axis=1) / scale[okv]
+            ch["volatility"] = vol
+
         # stuck: run of identical readings against the longest completed earlier run
         same = (t > 0) & (x == values[:, -2])
         run_prev, best = self.run[slots], self.best_run[slots]
@@ -258,7 +294,7 @@ class ModelDetector:
             gap = d[:, -1] > p.gap_factor * med_dt[okg]
             self.last_gap[slots[okg][gap]] = t[okg][gap]
         sg = t - self.last_gap[slots]
-        spans = {"knn": p.knn_window, "shift": p.ls_recent + p.ls_ref,
+        spans = {"knn": p.knn_window, "shift": p.ls_recent + p.ls_ref, "volatility": p.vol_len + 1,
                  "model": self.model.window if self.model is not None else 0}
         for name, L in spans.items():
             if name in ch:

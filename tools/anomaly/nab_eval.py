@@ -45,7 +45,7 @@ from edged.anomaly.features import Params, calibrate, learning_mask, raw_channel
 from edged.detector import appended_mask, spread_scores  # noqa: E402
 
 CATEGORIES = ["artificialNoAnomaly", "artificialWithAnomaly", "realAWSCloudwatch", "realKnownCause"]
-STRUCTURAL = ("knn_window", "knn_memory", "knn_center", "ls_recent", "ls_ref", "use", "stuck_min", "stuck_scale",
+STRUCTURAL = ("knn_window", "knn_memory", "knn_center", "ls_recent", "ls_ref", "vol_len", "use", "stuck_min", "stuck_scale",
               "gap_context", "gap_factor", "excursion_noise", "noise_len")
 CALIBRATION = STRUCTURAL + ("calib_len", "calib_q", "calib_every", "floor", "excursion_scale", "weights", "long_gamma", "long_half", "long_use", "calib_block_s", "learn", "learn_s")
 
@@ -181,6 +181,29 @@ def loco(corpus: Corpus, results: dict):
     return out
 
 
+def print_windows(corpus: Corpus, scores: list, threshold: float) -> None:
+    """Where the points go: per file, the false positives (count and NAB cost) and each window's
+    first detection (reward / MAX_TP at row k of the window's n) or MISS (with its top score)."""
+    w = corpus.profiles["standard"]
+    for g, s in zip(corpus.geoms, scores):
+        s = np.nan_to_num(s, nan=0.0)
+        det = g.scored & (s >= threshold)
+        fp = det & (g.window_id < 0)
+        parts = []
+        for _gid, left, right in g.windows:
+            sl = slice(left, right + 1)
+            if not g.scored[sl].any():
+                parts.append("probation")
+            elif det[sl].any():
+                first = int(np.flatnonzero(det[sl])[0])
+                reward = float(np.max(g.tp_curve[sl][det[sl]])) / nab_score.MAX_TP
+                parts.append(f"{reward:.2f}@{first}/{right - left + 1}")
+            else:
+                parts.append(f"MISS(top {np.max(s[sl]):.2f})")
+        cost = w["fpWeight"] * float(np.sum(g.fp_curve[fp]))
+        print(f"  {g.relpath:58s} fp {int(fp.sum()):2d} ({cost:+.2f})  {' '.join(parts)}")
+
+
 def parse_set(items):
     kw = {}
     for it in items or []:
@@ -221,6 +244,9 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--per-category", action="store_true")
     ap.add_argument("--json", default=None, help="write a summary JSON here")
+    ap.add_argument("--windows", action="store_true",
+                    help="per file at 0.5: false positives and, per labelled window, the reward of its first "
+                         "detection (1 = the window's left edge) and where it fell, or MISS with the window's top score")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -255,6 +281,9 @@ def main(argv=None):
             v, _ = score(corpus, scores, corpus.idx([c]), thr)
             v5, _ = score(corpus, scores, corpus.idx([c]), 0.5)
             print(f"  {c:24s} at opt thr {v:7.2f}   at 0.5 {v5:7.2f}")
+
+    if args.windows:
+        print_windows(corpus, scores, 0.5)
 
     outdir = args.out or tempfile.mkdtemp(prefix="nab_edged_")
     write_results(corpus, scores, outdir)

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Write an irregularly sampled copy of the NAB dev corpus (a robustness check, not a benchmark).
+
+Each row is kept with probability KEEP (seeded); the rows that bound a labelled window and the
+first row are always kept, so the labels still match rows. Sensors that report on change, or
+drop readings, give the detector such series. Score the copy with the usual harness:
+
+    python tools/anomaly/thin_corpus.py /tmp/nab-thin60 --keep 0.6
+    NAB_ROOT=/tmp/nab-thin60 python tools/anomaly/nab_eval.py <the shipped --use/--set flags>
+
+The copy holds NAB data: write it outside the repository (the data is never copied in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+
+NAB_ROOT = os.environ.get("NAB_ROOT", "/work/shared/data/nab-dev")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", help="directory for the copy (replaced if it exists; not inside the repository)")
+    ap.add_argument("--keep", type=float, default=0.6, help="probability that a row is kept (0 < keep <= 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if not 0 < args.keep <= 1:
+        ap.error(f"--keep must be in (0, 1], got {args.keep}")
+    out = os.path.abspath(args.out)
+    if out == ROOT or out.startswith(ROOT + os.sep):
+        ap.error(f"{out} is inside the repository; NAB data is not copied there")
+    rng = np.random.default_rng(args.seed)
+    with open(os.path.join(NAB_ROOT, "labels", "combined_windows.json")) as fh:
+        windows = json.load(fh)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    for sub in ("config", "labels"):
+        shutil.copytree(os.path.join(NAB_ROOT, sub), os.path.join(out, sub))
+    kept = total = 0
+    for rel in sorted(windows):
+        df = pd.read_csv(os.path.join(NAB_ROOT, "data", rel))
+        keep = rng.random(len(df)) < args.keep
+        keep[0] = True
+        stamps = pd.to_datetime(df["timestamp"])
+        for edge in {s for w in windows[rel] for s in w}:
+            keep[(stamps == pd.Timestamp(edge)).to_numpy()] = True
+        path = os.path.join(out, "data", rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        df[keep].to_csv(path, index=False)
+        kept += int(keep.sum())
+        total += len(df)
+    print(f"{out}: kept {kept} of {total} rows ({kept / total:.1%}) in {len(windows)} files", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
