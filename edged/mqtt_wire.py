@@ -11,19 +11,21 @@ the GIL, which the sensor lane is waiting for, so they cost far more than their 
 
 - reads come from a 64 KiB buffer filled by one ``recv``, and ``loop_read`` goes on while
   the buffer holds bytes, so one wake-up handles hundreds of packets (but reads the socket
-  only once, and writes what was queued between packets, so that writes and pings are never
+  only once, and writes what was queued every 2 ms meanwhile, so that writes and pings are never
   starved by a flood);
 - QoS 0 and 1 PUBLISH packets are decoded here into plain fields and handed to
   ``on_publish_fields``; MQTTv5 properties are parsed (by paho) only when present.
   QoS 2 and everything else take paho's own path.
 
-It relies on paho 2.x internals (``_sock_recv``, ``_in_packet``, ``_send_puback``);
+It relies on paho 2.x internals (``_sock_recv``, ``_in_packet``, ``_send_puback``, ``_packet_read``,
+``_packet_write``, ``_loop_rc_handle``);
 pyproject pins ``paho-mqtt < 3`` and tests/test_mqtt_wire.py checks the decoding against
 paho's own ``decode_publish``.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
 import paho.mqtt.client as paho
@@ -32,6 +34,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 READ_CHUNK = 65536
+# While a backlog is drained, what was queued goes out at most this often: a reply or a state
+# waits ~2 ms, and at QoS 1 the PUBACKs of a burst leave in a few sends, not one send per packet.
+DRAIN_WRITE_EVERY_S = 0.002
 
 # topic, payload, qos, mid, dup, retain, properties (None when the packet has none)
 PublishSink = Callable[[bytes, bytes, int, int, bool, bool, Optional[Properties]], None]
@@ -101,20 +106,43 @@ class WireClient(paho.Client):
         return self._rbuf[start:self._rpos]  # may be short: paho asks again for the rest
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """One socket read, then every packet it brought, one at a time, with what was queued
+        meanwhile (a reply, a state, PUBACKs) written between them every DRAIN_WRITE_EVERY_S: an
+        outgoing packet waits ~2 ms, not for the rest of a 64 KB backlog. (paho's own loop_read
+        handles as many packets per call as there are QoS > 0 messages in flight, whatever
+        ``max_packets`` says, so it is not called here.)"""
         # One socket read per call: under a flood the socket never runs dry, and paho's loop
-        # must still get round to its writes (states, PUBACKs) and keepalive pings.
+        # must still get round to its select(), keepalive pings and reconnects. select() cannot
+        # see bytes already in the buffer, so they are all handled before going back to it.
+        if self._sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
         self._reads_left = 1
-        rc = super().loop_read(max_packets)
-        # select() cannot see bytes already in the buffer: drain them before going back to it,
-        # writing between packets whatever was queued meanwhile (a reply, a state, a PUBACK), so
-        # an outgoing packet waits for one incoming packet, not for the rest of a 64 KB backlog.
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._buffered() and self._sock is not None:
+        write_rc = MQTTErrorCode.MQTT_ERR_SUCCESS  # AGAIN: the send buffer is full, select() waits for it
+        wrote = False
+        last_write = time.monotonic()
+        while True:
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:  # the buffer is empty and the one read is spent
+                break
+            if write_rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self.want_write():
+                now = time.monotonic()
+                if now - last_write >= DRAIN_WRITE_EVERY_S:
+                    # _packet_write, not loop_write: a failed write must not close the socket before
+                    # the packets already received (a broker's DISCONNECT with its reason) are handled
+                    write_rc = self._packet_write()
+                    wrote, last_write = True, now
+        if wrote:
             if self.want_write():
-                rc = self.loop_write()
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break
-            rc = super().loop_read(max_packets)
-        return rc
+                self._call_socket_register_write()
+            else:
+                self._call_socket_unregister_write()
+        if write_rc > 0:
+            return self._loop_rc_handle(write_rc)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_publish(self) -> MQTTErrorCode:
         sink = self.on_publish_fields

@@ -138,6 +138,56 @@ def test_a_flood_does_not_starve_outgoing_publishes(broker):
             c.loop_stop()
 
 
+def test_an_outgoing_packet_does_not_wait_for_the_backlog_with_qos1_in_flight(broker):
+    """paho's own loop_read handles as many packets per call as there are QoS > 0 messages in
+    flight; the wire client writes what was queued every few packets of a backlog instead."""
+    consumed = [0]
+
+    def sink(*fields):
+        consumed[0] += 1
+        time.sleep(0.0002)  # a consumer slower than the flood
+
+    slow = WireClient(callback_api_version=CallbackAPIVersion.VERSION2, client_id="wire-slow-qos1")
+    slow.on_publish_fields = sink
+    subscribed = threading.Event()
+    slow.on_subscribe = lambda *a: subscribed.set()
+    slow.on_connect = lambda c, u, f, rc, p: c.subscribe("flood/#", qos=0)
+    written = {}
+    state_mid = [None]
+    slow.on_publish = lambda c, u, mid, rc, p: written.setdefault(mid, consumed[0])
+    flooder = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="wire-flood-qos1")
+    stop = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            for _ in range(500):
+                flooder.publish("flood/x", b"1" * 40, qos=0)
+            time.sleep(0.001)
+
+    for c in (slow, flooder):
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+    flood_thread = threading.Thread(target=flood, daemon=True)
+    try:
+        assert subscribed.wait(10)
+        flood_thread.start()
+        wait_for(lambda: slow._buffered() > 0, 10, what="a backlog in the reader's buffer")
+        for _ in range(300):  # their PUBACKs queue behind the backlog: 300 messages in flight
+            slow.publish("bulk/x", b"q", qos=1)
+        before = consumed[0]
+        state_mid[0] = slow.publish("out/state", b"now", qos=0).mid
+        wait_for(lambda: state_mid[0] in written, 10, what="the QoS 0 publish to be written")
+        # paho's loop_read would handle ~300 packets first; the wire client writes every 2 ms,
+        # i.e. after at most ~10 packets of this consumer (>= 0.2 ms each)
+        assert written[state_mid[0]] - before <= 20, (before, written[state_mid[0]])
+    finally:
+        stop.set()
+        flood_thread.join(5)
+        for c in (slow, flooder):
+            c.disconnect()
+            c.loop_stop()
+
+
 def test_qos2_publishes_reach_the_link_through_paho_path(broker):
     """edged subscribes at QoS 0/1, but a QoS 2 delivery (its own path in paho) must not vanish."""
     import uuid
