@@ -381,32 +381,51 @@ def test_volatility_channel_flags_a_series_that_starts_to_move_more_inside_its_r
     assert (rows[onset:onset + 10] >= 0.5).any()
 
 
-def test_snapshot_from_before_the_volatility_channel_keeps_the_other_channels():
+@pytest.mark.parametrize("old_use, names_saved", [
+    (("excursion", "model", "shift", "stuck"), False),  # a snapshot from before channels were named
+    (("excursion", "shift", "model", "stuck"), True),  # another order: the columns go by name
+])
+def test_snapshot_from_before_the_volatility_channel_keeps_the_other_channels(old_use, names_saved):
     """A snapshot saved without the volatility channel loads: the other channels keep their
     calibration, and the new channel stays silent while it has no calibration history of its
     own, so the metric scores exactly as the old detector would."""
     from edged.anomaly.model_detector import ModelDetector
 
     new = make_detector("model", 64, 30)
-    old_p = new.p.with_(use=tuple(c for c in new.p.use if c != "volatility"))
-    a, b = ModelDetector(old_p, new.model), ModelDetector(new.p, new.model)
-    assert a.cal_channels + ["volatility"] == b.cal_channels
-    w = b.window
+    a, b = ModelDetector(new.p.with_(use=old_use), new.model), ModelDetector(new.p, new.model)
+    assert sorted(a.cal_channels + ["volatility"]) == sorted(b.cal_channels)
     rng = np.random.default_rng(5)
     n = 700
     v = 20 + np.sin(np.arange(n) / 30) + rng.normal(0, 0.3, n)
     v[600:] += np.where(np.arange(100) % 2, 1.5, -1.5)  # would wake the volatility channel
-    window = pipeline_windows(v, 1_750_000_000.0 + 300.0 * np.arange(n), w)
+    window = pipeline_windows(v, 1_750_000_000.0 + 300.0 * np.arange(n), b.window)
     slot = np.array([0])
-
     for i in range(400):
         a.score(slot, *window(i))
-    b.load_state_dict({k: x.copy() for k, x in a.state_dict(1).items()})
-    assert b.n[0] == 400 and np.isinf(b.hist[0, -1]).all()
-    np.testing.assert_array_equal(b.hist[0, :-1], a.hist[0])
+    saved = {k: x.copy() for k, x in a.state_dict(1).items() if names_saved or k != "channels"}
+    b.load_state_dict(saved)
+    assert b.n[0] == 400 and np.isinf(b.hist[0, b.cal_channels.index("volatility")]).all()
+    for c in a.cal_channels:
+        np.testing.assert_array_equal(b.hist[0, b.cal_channels.index(c)], a.hist[0, a.cal_channels.index(c)])
     scored = 0
     for i in range(400, n):
         sa, sb = a.score(slot, *window(i)), b.score(slot, *window(i))
         np.testing.assert_array_equal(sa, sb)
         scored += bool(np.isfinite(sa).all())
     assert scored > 250
+
+
+def test_a_snapshot_whose_channels_cannot_be_read_is_learned_afresh():
+    det = make_detector("model", 64, 30)
+    window = pipeline_windows(20 + np.random.default_rng(1).normal(size=300), 1_750_000_000.0 + 300.0 * np.arange(300),
+                              det.window)
+    for i in range(300):
+        det.score(np.array([0]), *window(i))
+    state = {k: x.copy() for k, x in det.state_dict(1).items()}
+    state["channels"] = np.array([99] * len(det.cal_channels))  # a channel this build does not know
+    fresh = make_detector("model", 64, 30)
+    fresh.load_state_dict(state)
+    assert fresh.n[0] == 0
+    state["channels"] = np.array(state["channels"][:1]) * 0  # fewer names than columns
+    fresh.load_state_dict(state)
+    assert fresh.n[0] == 0

@@ -274,7 +274,7 @@ def since_gap(gap: np.ndarray) -> np.ndarray:
 
 def raw_channels(x: np.ndarray, p: Params, model=None, times: np.ndarray | None = None) -> dict:
     """Raw causal channels of one series (float64[T] each). With ``times``, the window channels
-    (knn, shift, model) are 0 while their window spans a gap in the sampling."""
+    (knn, shift, volatility, model) are 0 while their window spans a gap in the sampling."""
     x = np.asarray(x, dtype=float)
     T = len(x)
     lo, hi = running_range(x)

@@ -17,7 +17,10 @@ import os
 
 import numpy as np
 
-from .features import FIXED_SCALE, NOISE_C, Params, _range_scale, normalise_model_window, place_in_range, squash
+from ..logs import get_logger
+from .features import CHANNELS, FIXED_SCALE, NOISE_C, Params, _range_scale, normalise_model_window, place_in_range, squash
+
+log = get_logger("edged.anomaly")
 
 BUNDLED_MODEL = "edged-anomaly-mlp"
 # a wheel carries the committed models as package data (setup.py's build hook); a source tree
@@ -109,15 +112,22 @@ class ModelDetector:
 
     def state_dict(self, n: int) -> dict[str, np.ndarray]:
         """Per-slot state of slots [0, n) for the snapshot: a restart neither re-learns nor
-        loses its calibration (about 72 KB per metric with the shipped params)."""
+        loses its calibration (about 72 KB per metric with the shipped params). ``channels``
+        names the columns of the calibration arrays (indices into CHANNELS)."""
         self._ensure(np.array([max(n - 1, 0)]))
-        return {name: getattr(self, name)[:n] for name in self._STATE}
+        state = {name: getattr(self, name)[:n] for name in self._STATE}
+        state["channels"] = np.array([CHANNELS.index(c) for c in self.cal_channels], dtype=np.int64)
+        return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        state = self._with_added_channels(state)
+        state = self._by_channel_name(dict(state))
+        if state is None:
+            return
         if set(self._STATE) - set(self._ADDED) - set(state) or set(state) - set(self._STATE) or any(
                 state[k].shape[1:] != getattr(self, k).shape[1:] for k in state):
-            return  # saved with other params or another model: learn afresh
+            log.warning("detector_state_discarded", reason="saved with other params or another model",
+                        hint="every metric learns afresh")
+            return
         n = len(state["n"])
         self._ensure(np.array([max(n - 1, 0)]))
         for name in state:
@@ -135,29 +145,42 @@ class ModelDetector:
             self.gmax_kept[:n] = 0.0  # that reading may have been a learning one: keep it out of the peak
             self.block[:n] = -1
 
-    # calibrated channels newer than some snapshots (they come last in the shipped `use`)
+    # calibrated channels newer than snapshots that do not name their channels
     _ADDED_CHANNELS = ("volatility",)
     _CHANNEL_STATE = ("hist", "qstat", "lpeak", "gmax", "gmax_kept")
 
-    def _with_added_channels(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A snapshot taken before a calibrated channel was added lacks that channel's columns:
-        add them with a history of +inf, so the new channel stays silent (its calibrated ratio
-        is 0) until calib_len of its own blocks have replaced them, while the others keep
-        their calibration."""
+    def _by_channel_name(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The calibration columns of a snapshot, rearranged into this detector's channel order
+        by name. A channel the snapshot lacks (added since) gets a history of +inf, so it stays
+        silent (its calibrated ratio is 0) until nearly calib_len of its own blocks have replaced
+        it, while the others keep their calibration; a saved channel no longer in use is dropped.
+        Snapshots from before ``channels`` was saved held every channel but the added ones, in
+        order. None (and a log line) when the snapshot's channels cannot be read."""
+        codes = state.pop("channels", None)
         if "qstat" not in state or state["qstat"].ndim != 2:
             return state
-        old_nc, nc = state["qstat"].shape[1], len(self.cal_channels)
-        added = self.cal_channels[old_nc:]
-        if not 0 < old_nc < nc or any(c not in self._ADDED_CHANNELS for c in added):
+        old_nc = state["qstat"].shape[1]
+        if codes is None:
+            saved = [c for c in self.cal_channels if c not in self._ADDED_CHANNELS]
+        else:
+            codes = np.asarray(codes).ravel()
+            saved = [CHANNELS[int(i)] if 0 <= int(i) < len(CHANNELS) else None for i in codes]
+        if len(saved) != old_nc or None in saved:
+            log.warning("detector_state_discarded", reason="the snapshot's calibration channels do not match",
+                        saved_columns=old_nc, channels=self.cal_channels, hint="every metric learns afresh")
+            return None
+        if saved == self.cal_channels:
             return state
-        state = dict(state)
         for name in self._CHANNEL_STATE:
             if name not in state:
                 continue
             a = state[name]
-            pad_shape = (a.shape[0], nc - old_nc) + a.shape[2:]
             fill = np.inf if name in ("hist", "qstat") else 0.0
-            state[name] = np.concatenate([a, np.full(pad_shape, fill)], axis=1)
+            out = np.full((a.shape[0], len(self.cal_channels)) + a.shape[2:], fill)
+            for j, c in enumerate(self.cal_channels):
+                if c in saved:
+                    out[:, j] = a[:, saved.index(c)]
+            state[name] = out
         return state
 
     def _ensure(self, slots: np.ndarray) -> None:

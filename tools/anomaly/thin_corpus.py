@@ -23,30 +23,44 @@ import numpy as np
 import pandas as pd
 
 NAB_ROOT = os.environ.get("NAB_ROOT", "/work/shared/data/nab-dev")
-ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+ROOT = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+MARKER = "THINNED_BY_EDGED"  # only a directory holding this file is ever replaced
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """a and b are the same directory, or one holds the other."""
+    return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out", help="directory for the copy (replaced if it exists; not inside the repository)")
+    ap.add_argument("out", help="directory for the copy (not inside the repository or the corpus; "
+                                 "replaced only if an earlier run wrote it)")
     ap.add_argument("--keep", type=float, default=0.6, help="probability that a row is kept (0 < keep <= 1)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if not 0 < args.keep <= 1:
         ap.error(f"--keep must be in (0, 1], got {args.keep}")
-    out = os.path.abspath(args.out)
-    if out == ROOT or out.startswith(ROOT + os.sep):
+    out = os.path.realpath(args.out)
+    source = os.path.realpath(NAB_ROOT)
+    if _overlaps(out, ROOT):
         ap.error(f"{out} is inside the repository; NAB data is not copied there")
-    rng = np.random.default_rng(args.seed)
-    with open(os.path.join(NAB_ROOT, "labels", "combined_windows.json")) as fh:
-        windows = json.load(fh)
+    if _overlaps(out, source):
+        ap.error(f"{out} overlaps the corpus it copies ({source}); pick another directory")
     if os.path.exists(out):
+        if not os.path.isfile(os.path.join(out, MARKER)):
+            ap.error(f"{out} exists and was not written by this tool; it is not replaced")
         shutil.rmtree(out)
+    rng = np.random.default_rng(args.seed)
+    with open(os.path.join(source, "labels", "combined_windows.json")) as fh:
+        windows = json.load(fh)
     for sub in ("config", "labels"):
-        shutil.copytree(os.path.join(NAB_ROOT, sub), os.path.join(out, sub))
+        shutil.copytree(os.path.join(source, sub), os.path.join(out, sub))
+    with open(os.path.join(out, MARKER), "w") as fh:
+        fh.write(f"thin_corpus.py --keep {args.keep} --seed {args.seed} of {source}\n")
     kept = total = 0
     for rel in sorted(windows):
-        df = pd.read_csv(os.path.join(NAB_ROOT, "data", rel))
+        df = pd.read_csv(os.path.join(source, "data", rel))
         keep = rng.random(len(df)) < args.keep
         keep[0] = True
         stamps = pd.to_datetime(df["timestamp"])
