@@ -98,41 +98,61 @@ def test_burst_is_read_whole_and_in_order(broker):
             c.loop_stop()
 
 
-def test_a_flood_does_not_starve_outgoing_publishes(broker):
-    """The buffered reader must hand the loop back for writes while readings keep coming."""
-    received = threading.Event()
-    slow = WireClient(callback_api_version=CallbackAPIVersion.VERSION2, client_id="wire-slow")
-    slow.on_publish_fields = lambda *fields: time.sleep(0.0002)  # a consumer slower than the flood
+def slow_flood_reader(client_id: str, sink) -> tuple[WireClient, threading.Event]:
+    """A wire client subscribed to flood/#, handing each message to ``sink``; the event is set
+    once the subscription is acknowledged."""
+    slow = WireClient(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+    slow.on_publish_fields = sink
     subscribed = threading.Event()
     slow.on_subscribe = lambda *a: subscribed.set()
     slow.on_connect = lambda c, u, f, rc, p: c.subscribe("flood/#", qos=0)
+    return slow, subscribed
+
+
+class Flood:
+    """A paho client publishing to flood/x as fast as it can, from a thread, until stop()."""
+
+    def __init__(self, client_id: str) -> None:
+        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for _ in range(500):
+                self.client.publish("flood/x", b"1" * 40, qos=0)
+            time.sleep(0.001)  # lets the publishing client's loop write
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+
+def test_a_flood_does_not_starve_outgoing_publishes(broker):
+    """The buffered reader must hand the loop back for writes while readings keep coming."""
+    received = threading.Event()
+    slow, subscribed = slow_flood_reader("wire-slow", lambda *fields: time.sleep(0.0002))  # slower than the flood
     watcher = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="wire-watch")
     watcher.on_message = lambda c, u, m: received.set()
     watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("out/#", qos=0)
-    flooder = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="wire-flood")
-    stop = threading.Event()
-
-    def flood():
-        while not stop.is_set():
-            for _ in range(500):
-                flooder.publish("flood/x", b"1" * 40, qos=0)
-            time.sleep(0.001)
-
-    clients = (slow, watcher, flooder)
+    flood = Flood("wire-flood")
+    clients = (slow, watcher, flood.client)
     for c in clients:
         c.connect("127.0.0.1", broker.port)
         c.loop_start()
-    flood_thread = threading.Thread(target=flood, daemon=True)
     try:
         assert subscribed.wait(10)
         wait_for(watcher.is_connected, 10, what="the watcher to connect")
-        flood_thread.start()
+        flood.start()
         wait_for(lambda: slow._buffered() > 0, 10, what="a backlog in the reader's buffer")
         slow.publish("out/state", b"still here", qos=0)
         wait_for(received.is_set, 5, what="the publish made during the flood")
     finally:
-        stop.set()
-        flood_thread.join(5)
+        flood.stop()
         for c in clients:
             c.disconnect()
             c.loop_stop()
@@ -147,43 +167,29 @@ def test_an_outgoing_packet_does_not_wait_for_the_backlog_with_qos1_in_flight(br
         consumed[0] += 1
         time.sleep(0.0002)  # a consumer slower than the flood
 
-    slow = WireClient(callback_api_version=CallbackAPIVersion.VERSION2, client_id="wire-slow-qos1")
-    slow.on_publish_fields = sink
-    subscribed = threading.Event()
-    slow.on_subscribe = lambda *a: subscribed.set()
-    slow.on_connect = lambda c, u, f, rc, p: c.subscribe("flood/#", qos=0)
+    slow, subscribed = slow_flood_reader("wire-slow-qos1", sink)
     written = {}
-    state_mid = [None]
     slow.on_publish = lambda c, u, mid, rc, p: written.setdefault(mid, consumed[0])
-    flooder = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="wire-flood-qos1")
-    stop = threading.Event()
-
-    def flood():
-        while not stop.is_set():
-            for _ in range(500):
-                flooder.publish("flood/x", b"1" * 40, qos=0)
-            time.sleep(0.001)
-
-    for c in (slow, flooder):
+    flood = Flood("wire-flood-qos1")
+    clients = (slow, flood.client)
+    for c in clients:
         c.connect("127.0.0.1", broker.port)
         c.loop_start()
-    flood_thread = threading.Thread(target=flood, daemon=True)
     try:
         assert subscribed.wait(10)
-        flood_thread.start()
+        flood.start()
         wait_for(lambda: slow._buffered() > 0, 10, what="a backlog in the reader's buffer")
         for _ in range(300):  # their PUBACKs queue behind the backlog: 300 messages in flight
             slow.publish("bulk/x", b"q", qos=1)
         before = consumed[0]
-        state_mid[0] = slow.publish("out/state", b"now", qos=0).mid
-        wait_for(lambda: state_mid[0] in written, 10, what="the QoS 0 publish to be written")
+        state_mid = slow.publish("out/state", b"now", qos=0).mid
+        wait_for(lambda: state_mid in written, 10, what="the QoS 0 publish to be written")
         # paho's loop_read would handle ~300 packets first; the wire client writes every 2 ms,
         # i.e. after at most ~10 packets of this consumer (>= 0.2 ms each)
-        assert written[state_mid[0]] - before <= 20, (before, written[state_mid[0]])
+        assert written[state_mid] - before <= 20, (before, written[state_mid])
     finally:
-        stop.set()
-        flood_thread.join(5)
-        for c in (slow, flooder):
+        flood.stop()
+        for c in clients:
             c.disconnect()
             c.loop_stop()
 
