@@ -181,6 +181,31 @@ def loco(corpus: Corpus, results: dict):
     return out
 
 
+def run_grid(corpus: Corpus, base: Params, channels_for, times: list, grid: dict, echo=print) -> dict:
+    """Per-file scores of every setting of ``grid`` (field -> values) on top of ``base``:
+    config label -> list of per-file scores, for :func:`loco`. ``channels_for(p)`` gives the raw
+    channels of Params p (cached by the caller); calibrations are shared where they can be."""
+    keys = list(grid)
+    results = {}
+    ratio_cache = {}
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        upd = dict(zip(keys, combo))
+        if "use" in upd and isinstance(upd["use"], str):
+            upd["use"] = tuple(upd["use"].split(","))
+        p = base.with_(**upd)
+        key = tuple((k, str(getattr(p, k))) for k in CALIBRATION)
+        if key not in ratio_cache:
+            ratio_cache[key] = [calibrate(ch, p, learning_mask(len(tm), p, tm), tm) for ch, tm in zip(channels_for(p), times)]
+        sc = [corpus.spread(f, score_from_ratio(r, p, tm)) for f, r, tm in zip(corpus.files, ratio_cache[key], times)]
+        label = json.dumps(upd, sort_keys=True)
+        results[label] = sc
+        if echo:
+            o, th = score(corpus, sc)
+            f5, _ = score(corpus, sc, None, 0.5)
+            echo(f"  grid {label:60s} opt {o:6.2f} (thr {th:.3f})  at0.5 {f5:6.2f}")
+    return results
+
+
 def print_windows(corpus: Corpus, scores: list, threshold: float) -> None:
     """Where the points go: per file, the false positives (count and NAB cost) and each window's
     first detection (reward / MAX_TP at row k of the window's n) or MISS (with its top score)."""
@@ -295,23 +320,7 @@ def main(argv=None):
 
     if args.grid:
         grid = GRIDS[args.grid] if args.grid in GRIDS else json.loads(args.grid)
-        keys = list(grid)
-        results = {}
-        ratio_cache = {}
-        for combo in itertools.product(*(grid[k] for k in keys)):
-            upd = dict(zip(keys, combo))
-            if "use" in upd and isinstance(upd["use"], str):
-                upd["use"] = tuple(upd["use"].split(","))
-            p = base.with_(**upd)
-            key = tuple((k, str(getattr(p, k))) for k in CALIBRATION)
-            if key not in ratio_cache:
-                ratio_cache[key] = [calibrate(ch, p, learning_mask(len(tm), p, tm), tm) for ch, tm in zip(channels_for(p), times)]
-            sc = [corpus.spread(f, score_from_ratio(r, p, tm)) for f, r, tm in zip(corpus.files, ratio_cache[key], times)]
-            label = json.dumps(upd, sort_keys=True)
-            results[label] = sc
-            o, th = score(corpus, sc)
-            f5, _ = score(corpus, sc, None, 0.5)
-            print(f"  grid {label:60s} opt {o:6.2f} (thr {th:.3f})  at0.5 {f5:6.2f}")
+        results = run_grid(corpus, base, channels_for, times, grid)
         lo = loco(corpus, results)
         for mode, r in lo.items():
             print(f"LOCO pooled ({mode}): {r['pooled']:.2f}   per category {r['per_category']}")
