@@ -65,7 +65,8 @@ def trained_model(python: str, root: str, seed: int, extra: list[str]) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ne.ROOT))
     if r.returncode != 0:
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        raise SystemExit(f"training seed {seed} failed ({' '.join(cmd)}):\n  " + "\n  ".join(tail))
+        hint = "\n(train.py needs torch: pass --python with a Python that has it, see --help)" if "torch" in "".join(tail) else ""
+        raise SystemExit(f"training seed {seed} failed ({' '.join(cmd)}):\n  " + "\n  ".join(tail) + hint)
     with open(stamp, "w") as fh:
         json.dump(extra, fh)
     return model
