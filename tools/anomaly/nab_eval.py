@@ -148,8 +148,9 @@ def run_cli_score(outdir: str, extra: list) -> str:
 
 
 # ----------------------------------------------------------------------------- LOCO
-def loco(corpus: Corpus, results: dict):
-    """results: config label -> list of per-file scores. Returns the pooled out-of-fold scores.
+def loco(corpus: Corpus, results: dict, modes=("optimized", "fixed")):
+    """results: config label -> list of per-file scores. Returns the pooled out-of-fold scores
+    of each of ``modes``.
 
     optimized: per held-out category, the config *and threshold* maximizing the NAB score on
     the other categories; held-out detections = score >= that threshold; pooled scoring of
@@ -157,7 +158,7 @@ def loco(corpus: Corpus, results: dict):
     fixed: per held-out category, the config maximizing the score at 0.5 on the others.
     """
     out = {}
-    for mode in ("optimized", "fixed"):
+    for mode in modes:
         pooled = [None] * len(corpus.files)
         picks = {}
         for c in CATEGORIES:

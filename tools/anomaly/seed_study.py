@@ -97,7 +97,7 @@ class Detector:
         opt, _ = ne.score(corpus, scores)
         fixed, _ = ne.score(corpus, scores, None, 0.5)
         results = ne.run_grid(corpus, self.base, channels_for, times, self.grid, echo=None)
-        lo = ne.loco(corpus, results)
+        lo = ne.loco(corpus, results, modes=("fixed",))
         self.detections.append({k: [np.nan_to_num(s, nan=0.0) >= 0.5 for s in v] for k, v in results.items()})
         row = {"seed": seed, "optimized": opt, "at_0.5": fixed, "loco_fixed": lo["fixed"]["pooled"]}
         self.rows.append(row)
