@@ -182,13 +182,15 @@ def loco(corpus: Corpus, results: dict, modes=("optimized", "fixed")):
     return out
 
 
-def run_grid(corpus: Corpus, base: Params, channels_for, times: list, grid: dict, echo=print) -> dict:
+def run_grid(corpus: Corpus, base: Params, channels_for, times: list, grid: dict, echo=print,
+             ratio_cache: dict | None = None) -> dict:
     """Per-file scores of every setting of ``grid`` (field -> values) on top of ``base``:
     config label -> list of per-file scores, for :func:`loco`. ``channels_for(p)`` gives the raw
-    channels of Params p (cached by the caller); calibrations are shared where they can be."""
+    channels of Params p (cached by the caller); calibrations are shared where they can be, also
+    across calls that pass the same ``ratio_cache``."""
     keys = list(grid)
     results = {}
-    ratio_cache = {}
+    ratio_cache = {} if ratio_cache is None else ratio_cache
     for combo in itertools.product(*(grid[k] for k in keys)):
         upd = dict(zip(keys, combo))
         if "use" in upd and isinstance(upd["use"], str):

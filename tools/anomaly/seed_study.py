@@ -11,6 +11,9 @@ leave-one-category-out score at 0.5 over the default grid, twice:
 * seed-averaged: the settings of each fold chosen on the mean over all seeds of the other
   categories' scores, then applied to every seed (the estimate that does not fit one model's noise).
 
+``--ensemble K`` also scores the encoders of each K consecutive seeds run side by side in one ONNX
+model, their embeddings concatenated (one nearest-window distance over all of them).
+
 ``--vs field=value`` (repeatable) scores a second detector on the same models and prints the paired
 difference per seed with its mean and standard error: a change that moves the dev score by less
 than about two standard errors of that difference is not a finding.
@@ -72,6 +75,34 @@ def trained_model(python: str, root: str, seed: int, extra: list[str]) -> str:
     return model
 
 
+def merge_encoders(paths: list[str], out: str) -> str:
+    """One ONNX model running the encoders of ``paths`` side by side on the same window, their
+    embeddings concatenated: the nearest-window distance of an ensemble, in one session."""
+    import onnx
+    from onnx import compose, helper
+
+    models = [onnx.load(p) for p in paths]
+    first = models[0]
+    nodes, inits, infos = [], [], []
+    for k, m in enumerate(models):
+        g = compose.add_prefix(m, f"m{k}_").graph
+        nodes.append(helper.make_node("Identity", [first.graph.input[0].name], [g.input[0].name]))
+        nodes += g.node
+        inits += g.initializer
+        infos += g.value_info
+    outs = [f"m{k}_{first.graph.output[0].name}" for k in range(len(models))]
+    nodes.append(helper.make_node("Concat", outs, [first.graph.output[0].name], axis=1))
+    dim = sum(m.graph.output[0].type.tensor_type.shape.dim[1].dim_value for m in models)
+    output = helper.make_tensor_value_info(first.graph.output[0].name,
+                                           first.graph.output[0].type.tensor_type.elem_type, ["N", dim])
+    graph = helper.make_graph(nodes, "encoder_ensemble", [first.graph.input[0]], [output], initializer=inits,
+                              value_info=infos)
+    merged = helper.make_model(graph, opset_imports=first.opset_import, ir_version=first.ir_version)
+    onnx.checker.check_model(merged)
+    onnx.save(merged, out)
+    return out
+
+
 class Detector:
     """One detector setting scored on every seed's model: per seed the headline scores and, per
     grid config, the detections at 0.5 (kept as booleans for the seed-averaged LOCO)."""
@@ -92,11 +123,12 @@ class Detector:
             return cache[key]
 
         times = [corpus.times(f) for f in corpus.files]
-        own = ne.run_grid(corpus, self.base, channels_for, times, {}, echo=None)  # the base setting alone
+        ratios = {}  # calibrations shared by the base setting and the grid
+        own = ne.run_grid(corpus, self.base, channels_for, times, {}, echo=None, ratio_cache=ratios)
         scores = next(iter(own.values()))
         opt, _ = ne.score(corpus, scores)
         fixed, _ = ne.score(corpus, scores, None, 0.5)
-        results = ne.run_grid(corpus, self.base, channels_for, times, self.grid, echo=None)
+        results = ne.run_grid(corpus, self.base, channels_for, times, self.grid, echo=None, ratio_cache=ratios)
         lo = ne.loco(corpus, results, modes=("fixed",))
         self.detections.append({k: [np.nan_to_num(s, nan=0.0) >= 0.5 for s in v] for k, v in results.items()})
         row = {"seed": seed, "optimized": opt, "at_0.5": fixed, "loco_fixed": lo["fixed"]["pooled"]}
@@ -138,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", help="override a shipped detector Param, field=value (repeatable)")
     ap.add_argument("--use", default=None, help="comma list of channels (default: the shipped ones)")
     ap.add_argument("--vs", action="append", help="a second detector: the first with field=value (repeatable)")
+    ap.add_argument("--ensemble", type=int, default=0,
+                    help="also score ensembles of this many consecutive seeds (embeddings concatenated)")
     ap.add_argument("--grid", default="default", help=f"LOCO grid: {list(ne.GRIDS)} or JSON dict field->list")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=None, help="write per-seed results and the summary here")
@@ -157,6 +191,8 @@ def main(argv=None) -> int:
         detectors["B"] = Detector(corpus, base.with_(**ne.parse_set(args.vs)), grid)
         print(f"B: A with {' '.join(args.vs)}")
     print(f"train.py args: {args.train_arg or '(defaults)'}   LOCO grid: {json.dumps(grid)}")
+    ensembles = Detector(corpus, base, grid) if args.ensemble > 1 else None
+    models = []
 
     tmp = None if args.models else tempfile.TemporaryDirectory(prefix="edged_seeds_")
     root = args.models or tmp.name
@@ -168,10 +204,19 @@ def main(argv=None) -> int:
         for i in range(args.seeds):
             seed = SHIPPED_SEED + i
             model = trained_model(args.python, root, seed, args.train_arg)
+            models.append(model)
             rows = [d.add(seed, model, args.workers) for d in detectors.values()]
             cells = " ".join(f"{r[m]:14.2f}" for r in rows for m in METRICS)
             diff = f"   {rows[1]['at_0.5'] - rows[0]['at_0.5']:+11.2f}" if args.vs else ""
             print(f"{seed:>6} {cells}{diff}", flush=True)
+        if ensembles is not None:
+            for g in range(0, len(models) - args.ensemble + 1, args.ensemble):
+                seeds = range(SHIPPED_SEED + g, SHIPPED_SEED + g + args.ensemble)
+                merged = merge_encoders(models[g:g + args.ensemble],
+                                        os.path.join(root, f"ensemble{seeds[0]}-{seeds[-1]}.onnx"))
+                r = ensembles.add(seeds[0], merged, args.workers)
+                cells = " ".join(f"{r[m]:14.2f}" for m in METRICS)
+                print(f"A with the encoders of seeds {seeds[0]}-{seeds[-1]} together: {cells}", flush=True)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -186,6 +231,9 @@ def main(argv=None) -> int:
         for m in (*METRICS, "loco_seed_averaged"):
             label = {"loco_fixed": "LOCO, per seed", "loco_seed_averaged": "LOCO, seed-averaged"}.get(m, m)
             print(f"  {name} {label:20s} {spread(summary[name][m])}")
+    if ensembles is not None and ensembles.rows:
+        for m in METRICS:
+            print(f"  A, ensembles of {args.ensemble}: {m:12s} {spread([r[m] for r in ensembles.rows])}")
     if args.vs:
         for m in ("optimized", "at_0.5"):
             dv = np.array(summary["B"][m]) - np.array(summary["A"][m])
