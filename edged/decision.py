@@ -152,7 +152,7 @@ def summarize(event: str, ep: Episode) -> str:
     typical = ""
     if ep.baseline:
         typical = f" (typical {fmt_value(ep.baseline.p05, None)}–{fmt_value(ep.baseline.p95, ep.unit)})"
-    verb = {"up": "rose to", "down": "fell to"}.get(ep.direction, "changed to")
+    verb = {"up": "rose to", "down": "fell to"}.get(ep.direction, "is unusual at" if ep.baseline else "changed to")
     if event == "end":
         peak_word = "peak" if ep.direction != "down" else "low"
         return (
@@ -219,8 +219,10 @@ def decide_value(
         if score >= threshold:
             baseline = Baseline.of(context)
             direction = "none"
-            if baseline:
-                direction = "up" if value > baseline.median else "down" if value < baseline.median else "none"
+            # inside its usual band the reading is not high or low: the anomaly is one of shape or of
+            # time of day (a flatline, a daily cycle that fails to come), and "rose to" would mislead
+            if baseline and not baseline.p05 <= value <= baseline.p95:
+                direction = "up" if value > baseline.median else "down"
             ep = Episode(episode_id(state.metric, "value", ts), "value", state.metric, ts, baseline, direction, value, value, score, ts, unit)
             if context_ts is not None:
                 ep.onset_ts = onset(context, context_ts, direction)

@@ -1,6 +1,7 @@
 """The model detector (the default) end to end: a real daemon with the default config and a real
 Mosquitto; a probe publishes three days of realistic 5-minute readings (daily cycle + noise) on
-four metrics and injects a spike, a level shift and a stuck (flatlined) value on three of them.
+five metrics and injects a spike, a level shift, a stuck (flatlined) value and a day whose
+lights never come on (a square daily cycle that fails to come) on four of them.
 Each gets an ``anomaly/<metric>`` start (and end) event with the episode's facts; the clean
 control metric gets none. Data clock (``node.clock = "data"``): the readings' own timestamps
 drive the daemon, so nothing depends on how fast the machine is; synchronisation by polling."""
@@ -20,13 +21,15 @@ STEP_S = 300.0  # one reading every 5 minutes
 DAY = 288  # readings per day
 N = 3 * DAY + 120  # three days of normal behaviour, then the anomalies and 10 h more
 AT = 3 * DAY  # where the anomalies are injected (past the model's learning: 150 readings and a day)
-METRICS = ("control", "spike", "shift", "stuck")
+METRICS = ("control", "spike", "shift", "stuck", "lights")
+LIGHTS_ON = (60, 204)  # the lights metric is high from reading 60 to 204 of each day, but not on day 3
+ONSET = {"spike": AT, "shift": AT, "stuck": AT, "lights": AT + LIGHTS_ON[0]}  # where each anomaly starts
 
 
 def streams(seed: int = 0) -> dict[str, np.ndarray]:
     """A daily cycle around 20 (amplitude 3) with Gaussian noise (sd 0.3), two decimals, per
     metric its own noise; the anomalies: +8 for one reading, +4 from AT on, and the reading at AT
-    repeated for 5 hours."""
+    repeated for 5 hours. ``lights``: 20 at night, 30 while lit (12 hours a day), except on day 3."""
     rng = np.random.default_rng(seed)
     i = np.arange(N)
     out = {}
@@ -38,6 +41,9 @@ def streams(seed: int = 0) -> dict[str, np.ndarray]:
             v[AT:] += 4
         elif name == "stuck":
             v[AT:AT + 60] = v[AT]
+        elif name == "lights":
+            lit = (i % DAY >= LIGHTS_ON[0]) & (i % DAY < LIGHTS_ON[1]) & (i // DAY != 3)
+            v = np.where(lit, 30.0, 20.0) + rng.normal(0, 0.3, N)
         out[name] = np.round(v, 2)
     return out
 
@@ -56,7 +62,7 @@ def test_the_same_streams_through_the_replay_path():
         if name == "control":
             assert len(fired) == 0, fired
         else:
-            assert len(fired) and AT <= fired[0] <= AT + 12, (name, fired)
+            assert len(fired) and ONSET[name] <= fired[0] <= ONSET[name] + 12, (name, fired)
 
 
 def test_spike_level_shift_and_stuck_value_over_mqtt(broker, daemon_factory, probe_factory):
@@ -76,7 +82,7 @@ def test_spike_level_shift_and_stuck_value_over_mqtt(broker, daemon_factory, pro
         publisher.loop_stop()
 
     starts = {}
-    for name in ("spike", "shift", "stuck"):
+    for name in ONSET:
         topic = f"{d.root}/anomaly/plant/{name}"
         starts[name] = probe.wait_topic(topic, lambda m: m.json()["event"] == "start", timeout=60).json()
         end = probe.wait_topic(topic, lambda m: m.json()["event"] == "end", timeout=60).json()
@@ -90,6 +96,8 @@ def test_spike_level_shift_and_stuck_value_over_mqtt(broker, daemon_factory, pro
     assert spike["value"] == data["spike"][AT] and spike["peak"] == data["spike"][AT]
     assert at_ts <= shift["start"] <= at_ts + 2 * STEP_S and shift["direction"] == "up"
     assert at_ts < stuck["start"] <= at_ts + 12 * STEP_S and stuck["value"] == data["stuck"][AT]
+    lights_ts = BASE_TS + STEP_S * ONSET["lights"]  # caught by the season channel alone
+    assert lights_ts <= starts["lights"]["start"] <= lights_ts + 3 * STEP_S
     for ev in starts.values():
         assert set(ev["baseline"]) == {"median", "p05", "p95"} and 0.5 <= ev["score"] <= 1.0
         assert ev["summary"].startswith(f"plant/{ev['metric'].split('/')[-1]}")

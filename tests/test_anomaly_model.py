@@ -384,16 +384,18 @@ def test_volatility_channel_flags_a_series_that_starts_to_move_more_inside_its_r
 @pytest.mark.parametrize("old_use, names_saved", [
     (("excursion", "model", "shift", "stuck"), False),  # a snapshot from before channels were named
     (("excursion", "shift", "model", "stuck"), True),  # another order: the columns go by name
+    (("excursion", "model", "shift", "stuck", "volatility"), True),  # from before the season channel
 ])
-def test_snapshot_from_before_the_volatility_channel_keeps_the_other_channels(old_use, names_saved):
-    """A snapshot saved without the volatility channel loads: the other channels keep their
-    calibration, and the new channel stays silent while it has no calibration history of its
+def test_snapshot_from_before_an_added_channel_keeps_the_other_channels(old_use, names_saved):
+    """A snapshot saved without the volatility or season channel loads: the other channels keep
+    their calibration, and a new channel stays silent while it has no calibration history of its
     own, so the metric scores exactly as the old detector would."""
     from edged.anomaly.model_detector import ModelDetector
 
     new = make_detector("model", 64, 30)
     a, b = ModelDetector(new.p.with_(use=old_use), new.model), ModelDetector(new.p, new.model)
-    assert sorted(a.cal_channels + ["volatility"]) == sorted(b.cal_channels)
+    added = [c for c in b.cal_channels if c not in a.cal_channels]
+    assert set(added) == {"volatility", "season"} - set(old_use)
     rng = np.random.default_rng(5)
     n = 700
     v = 20 + np.sin(np.arange(n) / 30) + rng.normal(0, 0.3, n)
@@ -404,7 +406,9 @@ def test_snapshot_from_before_the_volatility_channel_keeps_the_other_channels(ol
         a.score(slot, *window(i))
     saved = {k: x.copy() for k, x in a.state_dict(1).items() if names_saved or k != "channels"}
     b.load_state_dict(saved)
-    assert b.n[0] == 400 and np.isinf(b.hist[0, b.cal_channels.index("volatility")]).all()
+    assert b.n[0] == 400
+    for c in added:
+        assert np.isinf(b.hist[0, b.cal_channels.index(c)]).all()
     for c in a.cal_channels:
         np.testing.assert_array_equal(b.hist[0, b.cal_channels.index(c)], a.hist[0, a.cal_channels.index(c)])
     scored = 0

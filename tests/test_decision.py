@@ -108,6 +108,15 @@ def test_silence_needs_a_last_reading():
     assert decide_silence(state, now=T0, last_ts=float("nan"), interval=1, stale_after=2, unit=None) == []
 
 
+def test_an_anomaly_inside_the_usual_band_has_no_direction():
+    """A flatline or a daily cycle that fails to come can be flagged at a value inside the metric's
+    usual band: the episode says it is unusual there, not that it rose or fell."""
+    state = MetricDecision("plant/stuck")
+    [start] = step(state, T0, 61.2, 0.9, unit="°C")
+    assert start.payload()["direction"] == "none"
+    assert start.summary == f"plant/stuck is unusual at 61.2°C (typical 60–62°C) at {fmt_clock(T0)}."
+
+
 def test_value_summary_wording():
     ep = Episode("abc", "value", "greenhouse/humidity", T0, Baseline(61.0, 60.0, 62.0), "up", 95.0, 95.0, 0.9, T0 + 125, "%")
     text = summarize("start", ep)

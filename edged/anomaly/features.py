@@ -16,7 +16,12 @@ Channels (all in units of the metric's running range ``hi - lo`` of the readings
 * ``stuck``      a run of identical readings against the longest earlier completed run (a flatline
                  whose length is unusual for this series; fixed scale, like ``excursion``);
 * ``volatility`` mean |x[i] - x[i-1]| over the last ``vol_len`` steps: a change in how much the
-                 series moves, which the denoising encoder is trained not to see.
+                 series moves, which the denoising encoder is trained not to see;
+* ``season``     |mean of the last ``season_span_s`` seconds - the mean of the same span one day
+                 earlier|, the smallest over the last ``season_days`` days (0 until ``season_min_days`` of them
+                 have readings there): the series does not do
+                 what it did at this time of day on any recent day (a daily cycle that fails to
+                 come, or comes at the wrong hour), which no window of the last hours can show.
 
 Calibration: each channel (except ``excursion``, which has a fixed scale) is divided by
 its own rolling order statistic (``calib_q`` quantile of its previous ``calib_len`` values,
@@ -39,7 +44,8 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view as _swv
 
-CHANNELS = ("excursion", "knn", "shift", "model", "stuck", "volatility")
+# snapshots name their calibration channels by index into CHANNELS: append, never reorder
+CHANNELS = ("excursion", "knn", "shift", "model", "stuck", "volatility", "season")
 FIXED_SCALE = ("excursion", "stuck")  # channels with a fixed scale (not calibrated by their own history)
 
 
@@ -51,6 +57,15 @@ class Params:
     ls_recent: int = 4
     ls_ref: int = 48
     vol_len: int = 48  # volatility channel: mean |x[i] - x[i-1]| over the last vol_len steps
+    # season channel: the readings' sums and counts in season_block_s buckets of absolute time;
+    # the mean over the last season_span_s (the current bucket so far and the ones before) against
+    # the same buckets 1..season_days days earlier, the nearest of those days counts
+    season_days: int = 7
+    season_min_days: int = 2  # 0 until this many earlier days have readings there: one cannot tell
+    # today's anomaly from an echo of yesterday's
+    season_learn_s: float = 86400.0  # its values calibrate it, its ratio counts this long after it wakes
+    season_span_s: float = 1200.0
+    season_block_s: float = 300.0
     calib_len: int = 1000
     calib_q: float = 0.99
     calib_every: int = 8  # recompute each channel's order statistic every k readings (held between)
@@ -265,6 +280,78 @@ def volatility_channel(x: np.ndarray, L: int) -> np.ndarray:
     return _steps_ending(x, L, np.mean, lag=0)
 
 
+DAY_S = 86400.0
+
+
+def season_geometry(p: Params) -> tuple[int, int, int]:
+    """(blocks per day, blocks in the recent span, ring length) of the season channel; the ring
+    holds the blocks from season_days days + the span back up to the current one."""
+    day = int(round(DAY_S / p.season_block_s))
+    span = max(int(round(p.season_span_s / p.season_block_s)), 1)
+    return day, span, p.season_days * day + span
+
+
+def season_offsets(p: Params) -> np.ndarray:
+    """Block offsets back from the current block: the recent span (j = 0..span-1), then the same
+    span k days earlier for k = 1..season_days (k x day + j)."""
+    day, span, _ = season_geometry(p)
+    return np.array([k * day + j for k in range(p.season_days + 1) for j in range(span)], dtype=np.int64)
+
+
+def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest distance, days compared) of the season channel, shared by the batch and the
+    streaming path. ``S``, ``C``: (sum, count) of the readings in the blocks of
+    :func:`season_offsets`, shape (readings, offsets); the current block counts the readings so
+    far. Day k is compared over the blocks that have readings on both days only, so a gap (or a
+    sparse block) on one side does not set a partial span against a full one."""
+    _, span, _ = season_geometry(p)
+    n, K = S.shape[0], p.season_days
+    lag_s, lag_c = S[:, span:].reshape(n, K, span), C[:, span:].reshape(n, K, span)
+    ls, lc, rs, rc = 0.0, 0.0, 0.0, 0.0  # (n, K) after the first block: sums over j in order
+    for j in range(span):
+        both = (lag_c[:, :, j] > 0) & (C[:, None, j] > 0)
+        ls, lc = ls + np.where(both, lag_s[:, :, j], 0.0), lc + np.where(both, lag_c[:, :, j], 0.0)
+        rs, rc = rs + np.where(both, S[:, None, j], 0.0), rc + np.where(both, C[:, None, j], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where(lc > 0, np.abs(rs / rc - ls / lc), np.inf)
+    return d.min(axis=1), (lc > 0).sum(axis=1)
+
+
+def season_channel(x: np.ndarray, times: np.ndarray, p: Params, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """(s, live): s[t] = min over k = 1..season_days of |recent mean - the mean of the same blocks
+    k days earlier| (metric units; 0 while fewer than season_min_days earlier days have readings
+    there); live[t]: its ratio counts, season_learn_s after s first had its days (until then its
+    values only fill its calibration, as every channel's do while the detector learns). Sums run in
+    reading order, block by block, as the streaming detector keeps them, so both paths agree exactly."""
+    T = len(x)
+    if T == 0:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    b = np.floor(np.asarray(times, dtype=float) / p.season_block_s).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+    ends = np.r_[starts[1:], T]
+    partial = x.copy()  # the sum of the reading's block up to and including it
+    for a, e in zip(starts, ends):
+        if e - a > 1:
+            partial[a:e] = np.cumsum(x[a:e])
+    pos = np.arange(T) - starts[np.searchsorted(starts, np.arange(T), side="right") - 1] + 1
+    ub, bsum, bcnt = b[starts], partial[ends - 1], (ends - starts).astype(float)
+
+    offsets = season_offsets(p)
+    best, days = np.empty(T), np.empty(T, dtype=np.int64)
+    for a in range(0, T, chunk):  # (rows x offsets) arrays: bounded memory on long replays
+        e = min(a + chunk, T)
+        ids = b[a:e, None] - offsets[None, :]  # offset 0: the reading's own block, so far
+        i = np.minimum(np.searchsorted(ub, ids), len(ub) - 1)
+        hit = (ub[i] == ids) & (ids < b[a:e, None])
+        S, C = np.where(hit, bsum[i], 0.0), np.where(hit, bcnt[i], 0.0)
+        S[:, 0], C[:, 0] = partial[a:e], pos[a:e]
+        best[a:e], days[a:e] = season_distance(S, C, p)
+    awake = days >= max(p.season_min_days, 1)
+    ts = np.asarray(times, dtype=float)
+    woke = ts[np.argmax(awake)] if awake.any() else np.inf
+    return np.where(awake, best, 0.0), awake & (ts - woke >= p.season_learn_s)
+
+
 def since_gap(gap: np.ndarray) -> np.ndarray:
     """Readings since the last gap (large when none)."""
     idx = np.arange(len(gap))
@@ -304,6 +391,11 @@ def raw_channels(x: np.ndarray, p: Params, model=None, times: np.ndarray | None 
         ch["stuck"] = stuck_channel(x, p)
     if "volatility" in p.use:
         ch["volatility"] = volatility_channel(x, p.vol_len) / scale
+    if "season" in p.use:
+        if times is None:
+            raise ValueError("the season channel needs the readings' times")
+        season, ch["season_live"] = season_channel(x, times, p)
+        ch["season"] = season / scale
     if "model" in p.use and model is not None:
         mw = model.window
         mch = np.zeros(T)
@@ -392,7 +484,8 @@ def calibrate(ch: dict, p: Params, learning: np.ndarray | None = None,
                 kept_blocks = np.maximum.reduceat(kept, starts) if T else kept
                 o = np.maximum(o, p.long_gamma * decayed_peak(kept_blocks, p.long_half))
             o = o[g]
-            ratios.append(wgt * c / np.maximum(o, p.floor))
+            ratio = wgt * c / np.maximum(o, p.floor)
+            ratios.append(np.where(ch[name + "_live"], ratio, 0.0) if name + "_live" in ch else ratio)
     return np.max(np.vstack(ratios), axis=0)
 
 

@@ -1,5 +1,5 @@
 """Streaming anomaly detector: range excursion + nearest-past-window distance + level shift +
-stuck value + volatility + an ONNX window model, each calibrated per metric by a rolling quantile
+stuck value + volatility + time of day (season) + an ONNX window model, each calibrated per metric by a rolling quantile
 of its own history, combined, squashed into [0, 1] and passed through a refractory filter.
 
 Implements the :class:`edged.detector.Detector` protocol. All per-metric state lives in
@@ -18,7 +18,8 @@ import os
 import numpy as np
 
 from ..logs import get_logger
-from .features import CHANNELS, FIXED_SCALE, NOISE_C, Params, _range_scale, normalise_model_window, place_in_range, squash
+from .features import (CHANNELS, FIXED_SCALE, NOISE_C, Params, _range_scale, normalise_model_window, place_in_range,
+                       season_distance, season_geometry, season_offsets, squash)
 
 log = get_logger("edged.anomaly")
 
@@ -64,16 +65,20 @@ class ModelDetector:
         self.encoder = self.model is not None and self.model.kind == "encoder"
         self.mring_len = p.knn_memory + (self.model.window if self.model is not None else 0)
         self.long_decay = 2.0 ** (-1.0 / p.long_half)
+        self.season = "season" in p.use
+        self.season_day, self.season_span, self.season_len = season_geometry(p)
+        self.season_offsets = season_offsets(p)
         self.capacity = 0
         self._alloc(capacity)
 
     # ------------------------------------------------------------------ state
     _STATE = ("n", "lo", "hi", "emb", "hist", "qstat", "prev_r", "until", "until_time", "first_time", "run",
               "best_run", "last_fire", "last_gap", "memb", "lpeak", "block", "group", "gmax", "gmax_kept",
-              "enorm", "mnorm")
-    # newer than some snapshots (those kept every reading as its own calibration block, and NaN for
-    # an empty place in the embedding rings instead of a zero vector with an infinite norm)
-    _ADDED = ("lpeak", "block", "group", "gmax", "gmax_kept", "enorm", "mnorm")
+              "enorm", "mnorm", "ssum", "scnt", "sblk", "swoke")
+    # newer than some snapshots (those kept every reading as its own calibration block, NaN for
+    # an empty place in the embedding rings instead of a zero vector with an infinite norm, and
+    # those from before the season channel)
+    _ADDED = ("lpeak", "block", "group", "gmax", "gmax_kept", "enorm", "mnorm", "ssum", "scnt", "sblk", "swoke")
 
     def _alloc(self, capacity: int) -> None:
         p = self.p
@@ -104,6 +109,13 @@ class ModelDetector:
         self.last_gap = np.full(capacity, -(10**12), dtype=np.int64)
         self.memb = np.zeros((capacity, self.mring_len if self.encoder else 1, self.model.dim if self.encoder else 1))
         self.mnorm = np.full((capacity, self.mring_len if self.encoder else 1), np.inf)
+        # season ring: sum and count of the readings of each season_block_s bucket, at its block
+        # id mod the ring length; sblk says which block a place holds (-1: none)
+        nb = self.season_len if self.season else 1
+        self.ssum = np.zeros((capacity, nb))
+        self.scnt = np.zeros((capacity, nb), dtype=np.int32)
+        self.sblk = np.full((capacity, nb), -1, dtype=np.int64)
+        self.swoke = np.full(capacity, np.inf)  # when the season channel first had its days
         if old:
             k = old["capacity"]
             for name in self._STATE:
@@ -123,6 +135,10 @@ class ModelDetector:
         state = self._by_channel_name(dict(state))
         if state is None:
             return
+        if any(k in state and state[k].shape[1:] != getattr(self, k).shape[1:] for k in self._SEASON_RING):
+            # saved without the season channel or with another geometry: only its ring starts afresh
+            for k in self._SEASON_RING + ("swoke",):
+                state.pop(k, None)
         if set(self._STATE) - set(self._ADDED) - set(state) or set(state) - set(self._STATE) or any(
                 state[k].shape[1:] != getattr(self, k).shape[1:] for k in state):
             log.warning("detector_state_discarded", reason="saved with other params or another model",
@@ -145,8 +161,9 @@ class ModelDetector:
             self.gmax_kept[:n] = 0.0  # that reading may have been a learning one: keep it out of the peak
             self.block[:n] = -1
 
+    _SEASON_RING = ("ssum", "scnt", "sblk")
     # calibrated channels newer than snapshots that do not name their channels
-    _ADDED_CHANNELS = ("volatility",)
+    _ADDED_CHANNELS = ("volatility", "season")
     _CHANNEL_STATE = ("hist", "qstat", "lpeak", "gmax", "gmax_kept")
 
     def _by_channel_name(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
@@ -220,6 +237,10 @@ class ModelDetector:
         self.last_gap[slot] = -(10**12)
         self.memb[slot] = 0.0
         self.mnorm[slot] = np.inf
+        self.ssum[slot] = 0.0
+        self.scnt[slot] = 0
+        self.sblk[slot] = -1
+        self.swoke[slot] = np.inf
 
     # ------------------------------------------------------------------ scoring
     def score(self, slots: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -280,6 +301,10 @@ class ModelDetector:
             if okv.any():
                 vol[okv] = np.abs(np.diff(values[okv, -(vl + 1):], axis=1)).mean(axis=1) / scale[okv]
             ch["volatility"] = vol
+
+        if self.season:
+            season, ch["season_live"] = self._season(slots, x, now)
+            ch["season"] = season / scale
 
         # stuck: run of identical readings against the longest completed earlier run
         same = (t > 0) & (x == values[:, -2])
@@ -357,7 +382,8 @@ class ModelDetector:
             o = self.qstat[slots, j]
             if p.long_gamma > 0 and name in p.long_use:
                 o = np.maximum(o, p.long_gamma * self.lpeak[slots, j])
-            ratios.append(wgt * ch[name] / np.maximum(o, p.floor))
+            ratio = wgt * ch[name] / np.maximum(o, p.floor)
+            ratios.append(np.where(ch[name + "_live"], ratio, 0.0) if name + "_live" in ch else ratio)
             self.gmax[slots, j] = np.maximum(self.gmax[slots, j], ch[name])
             self.gmax_kept[slots, j] = np.maximum(self.gmax_kept[slots, j], np.where(learning, 0.0, ch[name]))
         r = np.max(np.vstack(ratios), axis=0)
@@ -390,6 +416,30 @@ class ModelDetector:
         self.hi[slots] = np.maximum(hi, x)
         self.n[slots] = t + 1
         return out
+
+
+    def _season(self, slots: np.ndarray, x: np.ndarray, now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Adds the reading to its block in the season ring, then the nearest of the earlier days'
+        distances (the batch path's :func:`edged.anomaly.features.season_channel`, same order of sums)."""
+        p, nb = self.p, self.season_len
+        b = np.floor(now / p.season_block_s).astype(np.int64)
+        pos = np.mod(b, nb)
+        fresh = self.sblk[slots, pos] != b
+        self.ssum[slots[fresh], pos[fresh]] = 0.0
+        self.scnt[slots[fresh], pos[fresh]] = 0
+        self.sblk[slots, pos] = b
+        self.ssum[slots, pos] += x
+        self.scnt[slots, pos] += 1
+
+        ids = b[:, None] - self.season_offsets[None, :]
+        q, rows = np.mod(ids, nb), slots[:, None]
+        hit = self.sblk[rows, q] == ids
+        S = np.where(hit, self.ssum[rows, q], 0.0)
+        C = np.where(hit, self.scnt[rows, q], 0).astype(float)
+        best, days = season_distance(S, C, p)
+        awake = days >= max(p.season_min_days, 1)
+        self.swoke[slots] = np.where(awake, np.minimum(self.swoke[slots], now), self.swoke[slots])
+        return np.where(awake, best, 0.0), awake & (now - self.swoke[slots] >= p.season_learn_s)
 
 
 def _nearest(ring_arr, norm_arr, slots, t, Z, full, lag):
