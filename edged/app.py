@@ -155,6 +155,8 @@ class Daemon:
             self.stats.incr("events_summary")
 
         facts = {k: event[k] for k in ("metric", "value", "peak", "baseline", "unit", "direction", "duration_s", "start", "onset")}
+        if event.get("expected") is not None:  # the same time on earlier days, what the reading is unlike
+            facts["expected"] = event["expected"]
         self.phraser.submit_summary(event["summary"], facts, done, timeout_s=self.settings.llm.summary_timeout_s)
 
     def _make_asker(self, settings: Settings) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -52,6 +53,9 @@ class Episode:
     expected_interval_s: float | None = None
     announced: bool = True  # False when the start fell in a mute: its end is not published either
     onset_ts: float | None = None  # when the excursion began, if before the reading that started the episode
+    # the value at this time of day on the nearest earlier day, when the detector's time-of-day
+    # channel started the episode (what the reading was unlike); direction is relative to it
+    expected: float | None = None
 
     @property
     def since_ts(self) -> float:
@@ -87,6 +91,7 @@ class Event:
             "peak": _finite(ep.peak),
             "baseline": ep.baseline.as_dict() if ep.baseline else None,
             "direction": ep.direction,
+            "expected": None if ep.expected is None else _finite(ep.expected),
             "duration_s": round(ep.duration_s, 3),
             "unit": ep.unit,
             "summary": self.summary,
@@ -164,6 +169,10 @@ def summarize(event: str, ep: Episode) -> str:
         moving = {"up": "rising", "down": "falling"}.get(ep.direction, "changing")
         since = f", {moving} since {fmt_clock(ep.onset_ts)}"
     so_far = f", {fmt_duration(ep.duration_s)} so far" if ep.duration_s >= 1 else ""
+    if ep.expected is not None:  # unlike the same time on earlier days: say so, not the last hours' range
+        rel = {"up": "above", "down": "below"}.get(ep.direction, "unlike")
+        return (f"{ep.metric} is {fmt_value(ep.value, ep.unit)} at {fmt_clock(ep.start_ts)}, {rel} the "
+                f"{fmt_value(ep.expected, ep.unit)} it had at this time on earlier days{so_far}.")
     return f"{ep.metric} {verb} {fmt_value(ep.value, ep.unit)}{typical} at {fmt_clock(ep.start_ts)}{since}{so_far}."
 
 
@@ -200,10 +209,13 @@ def decide_value(
     context: np.ndarray,
     unit: str | None,
     context_ts: np.ndarray | None = None,
+    explain: Callable[[], dict] | None = None,
 ) -> list[Event]:
     """Advance one metric by one scored reading. ``context`` (and ``context_ts``, their times)
     are the readings before this one, oldest first; with the times, an episode's onset is
-    traced back to where the excursion began (see :func:`onset`)."""
+    traced back to where the excursion began (see :func:`onset`). ``explain`` (asked only when an
+    episode starts) is the detector's account of the score: an ``expected`` value there (the same
+    time on earlier days) replaces the window's median as what the reading is compared with."""
     events: list[Event] = []
     state.last_score = score
     if state.silence is not None:  # a reading ends a silence episode
@@ -219,12 +231,18 @@ def decide_value(
         if score >= threshold:
             baseline = Baseline.of(context)
             direction = "none"
-            # inside its usual band the reading is not high or low: the anomaly is one of shape or of
-            # time of day (a flatline, a daily cycle that fails to come), and "rose to" would mislead
-            if baseline and not baseline.p05 <= value <= baseline.p95:
+            expected = (explain() if explain is not None else {}).get("expected")
+            if expected is not None and not math.isfinite(expected):
+                expected = None
+            if expected is not None:
+                direction = "up" if value > expected else "down" if value < expected else "none"
+            # inside its usual band the reading is not high or low: the anomaly is one of shape (a
+            # flatline, a cycle that changed), and "rose to" would mislead
+            elif baseline and not baseline.p05 <= value <= baseline.p95:
                 direction = "up" if value > baseline.median else "down"
-            ep = Episode(episode_id(state.metric, "value", ts), "value", state.metric, ts, baseline, direction, value, value, score, ts, unit)
-            if context_ts is not None:
+            ep = Episode(episode_id(state.metric, "value", ts), "value", state.metric, ts, baseline, direction, value, value,
+                         score, ts, unit, expected=expected)
+            if context_ts is not None and expected is None:  # an onset is where it left the window's level
                 ep.onset_ts = onset(context, context_ts, direction)
             state.episode, state.below = ep, 0
             events.append(Event("start", ep, ts, summarize("start", ep)))

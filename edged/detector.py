@@ -27,6 +27,10 @@ class Detector(Protocol):
 
     def reset(self, slot: int) -> None: ...
 
+    # optional: ``explain(slot) -> dict``, what led the slot's last score ("channel", and "expected":
+    # the value the reading was compared with, where that is not the window before it); the pipeline
+    # asks it when an episode starts (edged/anomaly/model_detector.py)
+
 
 ENVELOPE_BUCKET_S = 3600.0  # the day-long envelope is kept as hourly min/max buckets
 ENVELOPE_HOURS = 24  # the envelope: the readings of the last 24 hours before the detector's window
@@ -283,7 +287,7 @@ def spread_scores(appended: np.ndarray, fresh: np.ndarray) -> np.ndarray:
 
 def make_detector(kind: str, window: int, learning_readings: int, model_dir: str = "", runtime_settings=None) -> Detector:
     """``zscore``: the built-in rolling robust z-score. ``model``: the ONNX window encoder with
-    range-excursion, level-shift, stuck-value and volatility channels (edged/anomaly, models/edged-anomaly-mlp); its
+    range-excursion, level-shift, stuck-value, volatility and time-of-day channels (edged/anomaly, models/edged-anomaly-mlp); its
     model directory is checked against its manifest (sha256) before anything loads."""
     if kind == "zscore":
         return RobustZScoreDetector(window=window, learning_readings=learning_readings)

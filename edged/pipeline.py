@@ -17,6 +17,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable, Protocol
 
 import numpy as np
@@ -422,6 +423,7 @@ class SensorPipeline:
         self.stats.detector_latency.add(time.perf_counter() - t0)
         self.stats.incr("scored", int(fresh.size))
         mono = time.monotonic()
+        explain = getattr(self.detector, "explain", None)
         for row, i in enumerate(fresh):
             item = items[i]
             slot = item.slot
@@ -437,6 +439,7 @@ class SensorPipeline:
                 context=win_vals[row, :-1],
                 unit=self.store.units[slot],
                 context_ts=win_times[row, :-1],
+                explain=None if explain is None else partial(explain, slot),
             )
             if state.muted_until and state.muted_until > self.clock.now():
                 state.status = MUTED

@@ -97,7 +97,13 @@ def test_spike_level_shift_and_stuck_value_over_mqtt(broker, daemon_factory, pro
     assert at_ts <= shift["start"] <= at_ts + 2 * STEP_S and shift["direction"] == "up"
     assert at_ts < stuck["start"] <= at_ts + 12 * STEP_S and stuck["value"] == data["stuck"][AT]
     lights_ts = BASE_TS + STEP_S * ONSET["lights"]  # caught by the season channel alone
-    assert lights_ts <= starts["lights"]["start"] <= lights_ts + 3 * STEP_S
+    lights = starts["lights"]
+    assert lights_ts <= lights["start"] <= lights_ts + 3 * STEP_S
+    # worded against the same time on earlier days (lit: 30), not the dark hours before it
+    assert lights["direction"] == "down" and abs(lights["expected"] - 30.0) < 1.0, lights
+    assert lights["summary"].startswith("plant/lights is 20") and "below the 30" in lights["summary"], lights["summary"]
+    assert lights["summary"].endswith("it had at this time on earlier days.")
+    assert spike["expected"] is None  # led by another channel: the window's baseline as before
     for ev in starts.values():
         assert set(ev["baseline"]) == {"median", "p05", "p95"} and 0.5 <= ev["score"] <= 1.0
         assert ev["summary"].startswith(f"plant/{ev['metric'].split('/')[-1]}")

@@ -45,6 +45,16 @@ def test_a_daily_cycle_that_fails_to_come_is_caught_by_the_season_channel_alone(
     day = np.floor((t - T0) / DAY_S)
     assert (shipped[(day >= 1) & (day < 7)] < 0.5).all()
     assert (shipped[day >= 8] < 0.5).all()
+    from test_anomaly_model import pipeline_windows
+
+    rows = make_detector("model", 64, 30)
+    window = pipeline_windows(v, t, rows.window)
+    for i in range(first + 4):  # the streaming detector says what led its score, and against what
+        rows.score(np.array([0]), *window(i))
+        if shipped[i] >= 0.5:
+            break
+    why = rows.explain(0)
+    assert why["channel"] == "season" and abs(why["expected"] - 80.0) < 4, why
     ch = raw_channels(v, p, det.model, t)
     season = calibrate(ch, p.with_(use=("season",)), learning_mask(len(v), p, t), t)
     assert season[first] > 2 * calibrate(ch, p.with_(use=tuple(c for c in p.use if c != "season")),

@@ -117,6 +117,30 @@ def test_an_anomaly_inside_the_usual_band_has_no_direction():
     assert start.summary == f"plant/stuck is unusual at 61.2°C (typical 60–62°C) at {fmt_clock(T0)}."
 
 
+def test_an_episode_the_detector_explains_by_the_time_of_day_is_worded_against_that():
+    """When the detector's time-of-day channel started the episode, what the reading is unlike is
+    the same time on earlier days: direction, wording and the payload's ``expected`` say so, and
+    the detector is asked only when an episode starts."""
+    asked = []
+
+    def explain():
+        asked.append(1)
+        return {"channel": "season", "expected": 80.0}
+
+    state = MetricDecision("greenhouse/light")
+    assert decide_value(state, ts=T0, value=61.0, score=0.1, threshold=0.5, end_ratio=0.7, end_after=3,
+                        context=CONTEXT, unit="%", explain=explain) == [] and asked == []
+    [start] = decide_value(state, ts=T0 + 1, value=61.5, score=0.9, threshold=0.5, end_ratio=0.7, end_after=3,
+                           context=CONTEXT, unit="%", explain=explain)
+    p = start.payload()
+    assert asked == [1] and p["expected"] == 80.0 and p["direction"] == "down" and p["onset"] == p["start"]
+    assert start.summary == f"greenhouse/light is 61.5% at {fmt_clock(T0 + 1)}, below the 80% it had at this time on earlier days."
+    other = MetricDecision("m")
+    [plain] = decide_value(other, ts=T0, value=95.0, score=0.9, threshold=0.5, end_ratio=0.7, end_after=3,
+                           context=CONTEXT, unit=None, explain=lambda: {"channel": "excursion"})
+    assert plain.payload()["expected"] is None and plain.summary.startswith("m rose to 95 (typical 60–62)")
+
+
 def test_value_summary_wording():
     ep = Episode("abc", "value", "greenhouse/humidity", T0, Baseline(61.0, 60.0, 62.0), "up", 95.0, 95.0, 0.9, T0 + 125, "%")
     text = summarize("start", ep)

@@ -1,5 +1,6 @@
 """Streaming anomaly detection for edged: causal channels (range excursion, nearest-past-window
-distance in a learned embedding, level shift, stuck value, volatility), per-metric rolling-quantile calibration, a
+distance in a learned embedding, level shift, stuck value, volatility, time of day against earlier days),
+per-metric rolling-quantile calibration, a
 refractory filter, and an int8 ONNX window encoder (models/edged-anomaly-mlp).
 
 The daemon's default detector: ``[anomaly] detector = "model"`` -> ``edged.detector.make_detector``

@@ -298,9 +298,9 @@ def season_offsets(p: Params) -> np.ndarray:
     return np.array([k * day + j for k in range(p.season_days + 1) for j in range(span)], dtype=np.int64)
 
 
-def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest distance, days compared) of the season channel, shared by the batch and the
-    streaming path. ``S``, ``C``: (sum, count) of the readings in the blocks of
+def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(nearest distance, days compared, the nearest day's value at this time) of the season
+    channel, shared by the batch and the streaming path. ``S``, ``C``: (sum, count) of the readings in the blocks of
     :func:`season_offsets`, shape (readings, offsets); the current block counts the readings so
     far. Day k is compared over the blocks that have readings on both days only, so a gap (or a
     sparse block) on one side does not set a partial span against a full one."""
@@ -314,7 +314,11 @@ def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray
         rs, rc = rs + np.where(both, S[:, None, j], 0.0), rc + np.where(both, C[:, None, j], 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         d = np.where(lc > 0, np.abs(rs / rc - ls / lc), np.inf)
-    return d.min(axis=1), (lc > 0).sum(axis=1)
+        # what the reading is unlike, as a person reads it: that day's value in this very block
+        # (the span's mean where the block had none)
+        then = np.where(lag_c[:, :, 0] > 0, lag_s[:, :, 0] / lag_c[:, :, 0], ls / lc)
+    k = d.argmin(axis=1)
+    return d[np.arange(n), k], (lc > 0).sum(axis=1), then[np.arange(n), k]
 
 
 def season_channel(x: np.ndarray, times: np.ndarray, p: Params, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
@@ -345,7 +349,7 @@ def season_channel(x: np.ndarray, times: np.ndarray, p: Params, chunk: int = 163
         hit = (ub[i] == ids) & (ids < b[a:e, None])
         S, C = np.where(hit, bsum[i], 0.0), np.where(hit, bcnt[i], 0.0)
         S[:, 0], C[:, 0] = partial[a:e], pos[a:e]
-        best[a:e], days[a:e] = season_distance(S, C, p)
+        best[a:e], days[a:e], _ = season_distance(S, C, p)
     awake = days >= max(p.season_min_days, 1)
     ts = np.asarray(times, dtype=float)
     woke = ts[np.argmax(awake)] if awake.any() else np.inf

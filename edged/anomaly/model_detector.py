@@ -116,9 +116,12 @@ class ModelDetector:
         self.scnt = np.zeros((capacity, nb), dtype=np.int32)
         self.sblk = np.full((capacity, nb), -1, dtype=np.int64)
         self.swoke = np.full(capacity, np.inf)  # when the season channel first had its days
+        # what explain() tells about the last reading (not in snapshots: every score sets them)
+        self.lead = np.full(capacity, -1, dtype=np.int64)  # index in p.use of the largest ratio
+        self.expected = np.full(capacity, np.nan)  # the season channel's nearest day, its mean then
         if old:
             k = old["capacity"]
-            for name in self._STATE:
+            for name in self._STATE + ("lead", "expected"):
                 getattr(self, name)[:k] = old[name]
         self.capacity = capacity
 
@@ -386,7 +389,10 @@ class ModelDetector:
             ratios.append(np.where(ch[name + "_live"], ratio, 0.0) if name + "_live" in ch else ratio)
             self.gmax[slots, j] = np.maximum(self.gmax[slots, j], ch[name])
             self.gmax_kept[slots, j] = np.maximum(self.gmax_kept[slots, j], np.where(learning, 0.0, ch[name]))
-        r = np.max(np.vstack(ratios), axis=0)
+        stacked = np.vstack(ratios)
+        r = np.max(stacked, axis=0)
+        self.lead[slots] = np.argmax(stacked, axis=0)
+        self.ratio_names = [name for name in p.use if name in ch]
         r[learning] = 0.0  # nothing is emitted while learning, so nothing opens a refractory period
 
         # refractory
@@ -418,6 +424,19 @@ class ModelDetector:
         return out
 
 
+    def explain(self, slot: int) -> dict:
+        """What led the last score of ``slot``: the channel with the largest ratio, and when that
+        is the season channel, ``expected``: the mean at this time of day on the nearest earlier
+        day (what the reading was compared with). The decision layer words a start with it."""
+        names = getattr(self, "ratio_names", [])
+        if slot >= self.capacity or not 0 <= self.lead[slot] < len(names):
+            return {}
+        lead = names[self.lead[slot]]
+        out = {"channel": lead}
+        if lead == "season" and np.isfinite(self.expected[slot]):
+            out["expected"] = float(self.expected[slot])
+        return out
+
     def _season(self, slots: np.ndarray, x: np.ndarray, now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Adds the reading to its block in the season ring, then the nearest of the earlier days'
         distances (the batch path's :func:`edged.anomaly.features.season_channel`, same order of sums)."""
@@ -436,8 +455,9 @@ class ModelDetector:
         hit = self.sblk[rows, q] == ids
         S = np.where(hit, self.ssum[rows, q], 0.0)
         C = np.where(hit, self.scnt[rows, q], 0).astype(float)
-        best, days = season_distance(S, C, p)
+        best, days, then = season_distance(S, C, p)
         awake = days >= max(p.season_min_days, 1)
+        self.expected[slots] = np.where(awake & np.isfinite(best), then, np.nan)
         self.swoke[slots] = np.where(awake, np.minimum(self.swoke[slots], now), self.swoke[slots])
         return np.where(awake, best, 0.0), awake & (now - self.swoke[slots] >= p.season_learn_s)
 
