@@ -35,7 +35,7 @@ from .stats import Stats
 
 MIN_SNAPSHOT_GAP_S = 2.0
 # ... and at most this many bytes a second on average between them: with the model detector a
-# snapshot holds ~72 KB per metric, so 1,000 metrics every 2 s would be ~36 MB/s for an SD card.
+# snapshot holds ~120 KB per metric, so 1,000 metrics every 2 s would be ~60 MB/s for an SD card.
 SNAPSHOT_BYTES_PER_S = 1_000_000
 
 

@@ -53,7 +53,7 @@ class Episode:
     expected_interval_s: float | None = None
     announced: bool = True  # False when the start fell in a mute: its end is not published either
     onset_ts: float | None = None  # when the excursion began, if before the reading that started the episode
-    # the value at this time of day on the nearest earlier day, when the detector's time-of-day
+    # the value at this time of day on the most similar earlier day, when the detector's time-of-day
     # channel started the episode (what the reading was unlike); direction is relative to it
     expected: float | None = None
 
@@ -158,6 +158,9 @@ def summarize(event: str, ep: Episode) -> str:
     if ep.baseline:
         typical = f" (typical {fmt_value(ep.baseline.p05, None)}–{fmt_value(ep.baseline.p95, ep.unit)})"
     verb = {"up": "rose to", "down": "fell to"}.get(ep.direction, "is unusual at" if ep.baseline else "changed to")
+    if event == "end" and ep.expected is not None:  # the detector stopped flagging it: say no more than that
+        return (f"{ep.metric} is no longer flagged after {fmt_duration(ep.duration_s)}, at {fmt_value(ep.value, ep.unit)} "
+                f"(it had {fmt_value(ep.expected, ep.unit)} at this time on earlier days).")
     if event == "end":
         peak_word = "peak" if ep.direction != "down" else "low"
         return (
@@ -231,9 +234,7 @@ def decide_value(
         if score >= threshold:
             baseline = Baseline.of(context)
             direction = "none"
-            expected = (explain() if explain is not None else {}).get("expected")
-            if expected is not None and not math.isfinite(expected):
-                expected = None
+            expected = _expected(explain)
             if expected is not None:
                 direction = "up" if value > expected else "down" if value < expected else "none"
             # inside its usual band the reading is not high or low: the anomaly is one of shape (a
@@ -248,7 +249,7 @@ def decide_value(
             events.append(Event("start", ep, ts, summarize("start", ep)))
     else:
         ep.value, ep.last_ts, ep.score = value, ts, max(ep.score, score)
-        centre = ep.baseline.median if ep.baseline else 0.0
+        centre = ep.expected if ep.expected is not None else ep.baseline.median if ep.baseline else 0.0
         if abs(value - centre) > abs(ep.peak - centre):
             ep.peak = value
         state.below = state.below + 1 if score < threshold * end_ratio else 0
@@ -257,6 +258,17 @@ def decide_value(
             state.episode, state.below = None, 0
     state.status = ANOMALOUS if state.episode else OK
     return events
+
+
+def _expected(explain: Callable[[], dict] | None) -> float | None:
+    """The finite number a detector's explanation gives as ``expected``, else None (a detector's
+    account is optional and may be anything: it never stops an episode from starting)."""
+    info = explain() if explain is not None else None
+    try:
+        value = float(info["expected"]) if isinstance(info, dict) and info.get("expected") is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def onset(context: np.ndarray, context_ts: np.ndarray, direction: str) -> float | None:

@@ -91,6 +91,30 @@ def test_batch_equals_rows_with_dense_jittered_readings_and_a_gap():
     assert (batch[on_time:on_time + 25] >= 0.5).any()
 
 
+def test_a_snapshot_from_other_season_settings_restarts_only_the_season_channel():
+    """Other season settings with the same ring length (10-minute blocks over 14 days): the ring's
+    block ids would never match, but its wake time and calibration would; the channel starts
+    afresh (silent until its calibration is its own), the others keep theirs."""
+    from edged.anomaly.model_detector import ModelDetector
+
+    new = make_detector("model", 64, 30)
+    other = new.p.with_(season_block_s=600.0, season_days=14, season_span_s=2400.0)
+    a, b = ModelDetector(other, new.model), ModelDetector(new.p, new.model)
+    assert a.season_len == b.season_len
+    v, t = lights(days=4)
+    from test_anomaly_model import pipeline_windows
+
+    window = pipeline_windows(v, t, a.window)
+    for i in range(len(v)):
+        a.score(np.array([0]), *window(i))
+    assert np.isfinite(a.swoke[0])
+    b.load_state_dict({k: x.copy() for k, x in a.state_dict(1).items()})
+    j = b.cal_channels.index("season")
+    assert b.n[0] == len(v) and np.isinf(b.swoke[0]) and (b.sblk[0] == -1).all() and np.isinf(b.hist[0, j]).all()
+    k = b.cal_channels.index("model")
+    np.testing.assert_array_equal(b.hist[0, k], a.hist[0, a.cal_channels.index("model")])
+
+
 def test_a_snapshot_carries_the_season_ring():
     from test_anomaly_model import pipeline_windows
 

@@ -139,6 +139,18 @@ def test_an_episode_the_detector_explains_by_the_time_of_day_is_worded_against_t
     [plain] = decide_value(other, ts=T0, value=95.0, score=0.9, threshold=0.5, end_ratio=0.7, end_after=3,
                            context=CONTEXT, unit=None, explain=lambda: {"channel": "excursion"})
     assert plain.payload()["expected"] is None and plain.summary.startswith("m rose to 95 (typical 60–62)")
+    [end] = [e for i in range(3) for e in decide_value(state, ts=T0 + 2 + i, value=60.0, score=0.0, threshold=0.5,
+                                                        end_ratio=0.7, end_after=3, context=CONTEXT, unit="%")]
+    assert end.summary == "greenhouse/light is no longer flagged after 3 seconds, at 60% (it had 80% at this time on earlier days)."
+    assert end.payload()["peak"] == 60.0  # the furthest from what it is unlike, not from the window's median
+
+
+@pytest.mark.parametrize("odd", [None, {"expected": "eighty"}, {"expected": float("nan")}, {"expected": [1, 2]}, 42])
+def test_an_odd_explanation_never_stops_an_episode(odd):
+    state = MetricDecision("m")
+    [start] = decide_value(state, ts=T0, value=95.0, score=0.9, threshold=0.5, end_ratio=0.7, end_after=3,
+                           context=CONTEXT, unit=None, explain=lambda: odd)
+    assert start.payload()["expected"] is None and start.payload()["direction"] == "up"
 
 
 def test_value_summary_wording():

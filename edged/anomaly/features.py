@@ -299,7 +299,7 @@ def season_offsets(p: Params) -> np.ndarray:
 
 
 def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(nearest distance, days compared, the nearest day's value at this time) of the season
+    """(smallest distance, days compared, the most similar day's value at this time) of the season
     channel, shared by the batch and the streaming path. ``S``, ``C``: (sum, count) of the readings in the blocks of
     :func:`season_offsets`, shape (readings, offsets); the current block counts the readings so
     far. Day k is compared over the blocks that have readings on both days only, so a gap (or a

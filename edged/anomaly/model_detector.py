@@ -118,7 +118,7 @@ class ModelDetector:
         self.swoke = np.full(capacity, np.inf)  # when the season channel first had its days
         # what explain() tells about the last reading (not in snapshots: every score sets them)
         self.lead = np.full(capacity, -1, dtype=np.int64)  # index in p.use of the largest ratio
-        self.expected = np.full(capacity, np.nan)  # the season channel's nearest day, its mean then
+        self.expected = np.full(capacity, np.nan)  # the season channel's most similar day, its value then
         if old:
             k = old["capacity"]
             for name in self._STATE + ("lead", "expected"):
@@ -127,19 +127,27 @@ class ModelDetector:
 
     def state_dict(self, n: int) -> dict[str, np.ndarray]:
         """Per-slot state of slots [0, n) for the snapshot: a restart neither re-learns nor
-        loses its calibration (about 72 KB per metric with the shipped params). ``channels``
+        loses its calibration (about 120 KB per metric with the shipped params). ``channels``
         names the columns of the calibration arrays (indices into CHANNELS)."""
         self._ensure(np.array([max(n - 1, 0)]))
         state = {name: getattr(self, name)[:n] for name in self._STATE}
         state["channels"] = np.array([CHANNELS.index(c) for c in self.cal_channels], dtype=np.int64)
+        state["season_geometry"] = self._season_geometry()
         return state
 
+    def _season_geometry(self) -> np.ndarray:
+        p = self.p
+        return np.array([p.season_block_s, p.season_span_s, p.season_days, p.season_min_days, p.season_learn_s]
+                        if self.season else [], dtype=float)
+
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        state = self._by_channel_name(dict(state))
+        state = dict(state)
+        geometry = state.pop("season_geometry", None)
+        season_kept = geometry is not None and np.array_equal(np.asarray(geometry, dtype=float), self._season_geometry())
+        state = self._by_channel_name(state)
         if state is None:
             return
-        if any(k in state and state[k].shape[1:] != getattr(self, k).shape[1:] for k in self._SEASON_RING):
-            # saved without the season channel or with another geometry: only its ring starts afresh
+        if not season_kept:  # saved without the season channel or with other season params: it starts afresh
             for k in self._SEASON_RING + ("swoke",):
                 state.pop(k, None)
         if set(self._STATE) - set(self._ADDED) - set(state) or set(state) - set(self._STATE) or any(
@@ -163,6 +171,11 @@ class ModelDetector:
             self.gmax[:n] = self.hist[np.arange(n), :, last % self.p.calib_len]
             self.gmax_kept[:n] = 0.0  # that reading may have been a learning one: keep it out of the peak
             self.block[:n] = -1
+        if not season_kept and self.season:  # an empty ring, and silent until its calibration is its own
+            self.ssum[:n], self.scnt[:n], self.sblk[:n], self.swoke[:n] = 0.0, 0, -1, np.inf
+            j = self.cal_channels.index("season")
+            self.hist[:n, j], self.qstat[:n, j] = np.inf, np.inf
+            self.lpeak[:n, j] = self.gmax[:n, j] = self.gmax_kept[:n, j] = 0.0
 
     _SEASON_RING = ("ssum", "scnt", "sblk")
     # calibrated channels newer than snapshots that do not name their channels
@@ -244,6 +257,8 @@ class ModelDetector:
         self.scnt[slot] = 0
         self.sblk[slot] = -1
         self.swoke[slot] = np.inf
+        self.lead[slot] = -1
+        self.expected[slot] = np.nan
 
     # ------------------------------------------------------------------ scoring
     def score(self, slots: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -426,7 +441,7 @@ class ModelDetector:
 
     def explain(self, slot: int) -> dict:
         """What led the last score of ``slot``: the channel with the largest ratio, and when that
-        is the season channel, ``expected``: the mean at this time of day on the nearest earlier
+        is the season channel, ``expected``: the value at this time of day on the most similar earlier
         day (what the reading was compared with). The decision layer words a start with it."""
         names = getattr(self, "ratio_names", [])
         if slot >= self.capacity or not 0 <= self.lead[slot] < len(names):
