@@ -6,6 +6,7 @@ nights before it. Batch (replay) and streaming paths agree; snapshots carry its 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edged.anomaly.features import calibrate, learning_mask, raw_channels, score_series
 from edged.detector import make_detector
@@ -75,20 +76,26 @@ def test_season_wakes_after_two_earlier_days_and_learns_one_more():
     assert not live[day < 3].any() and live[day >= 3].all()
 
 
-def test_batch_equals_rows_with_dense_jittered_readings_and_a_gap():
+@pytest.mark.parametrize("shift_s", [0.0, 3600.0])
+def test_batch_equals_rows_with_dense_jittered_readings_and_a_gap(shift_s):
     """Readings every minute, jittered (a 5-minute block holds 4 to 6), a 5-hour gap on day 4 and
     the lights off on day 5: the streaming detector's season ring equals the batch path's sums."""
+    from edged.anomaly.model_detector import ModelDetector
+
+    shipped = make_detector("model", 64, 30)
+    p = shipped.p.with_(season_shift_s=shift_s)
     v, t = lights(days=6, step_s=60.0, off_day=5, seed=3, jitter_s=20.0)
     t = np.sort(t)
     gap = (t > T0 + 4 * DAY_S + 3600) & (t < T0 + 4 * DAY_S + 6 * 3600)
     v, t = v[~gap], t[~gap]
-    batch = make_detector("model", 64, 30).score_series(v, t)
-    rows = score_rows(make_detector("model", 64, 30), t, v)
+    batch = ModelDetector(p, shipped.model).score_series(v, t)
+    rows = score_rows(ModelDetector(p, shipped.model), t, v)
     np.testing.assert_allclose(np.nan_to_num(rows, nan=-1), np.nan_to_num(batch, nan=-1), rtol=0, atol=1e-9)
     assert np.array_equal(np.flatnonzero(batch >= 0.5), np.flatnonzero(rows >= 0.5))
     on_time = np.flatnonzero(t >= T0 + 5 * DAY_S + 6 * 3600)[0]
-    # the missing lights, seen by both paths within the 20-minute span the channel averages
-    assert (batch[on_time:on_time + 25] >= 0.5).any()
+    # the missing lights, seen by both paths within the 20-minute span the channel averages (an
+    # hour later when each earlier day is also compared an hour later)
+    assert (batch[on_time + int(shift_s / 60):on_time + int(shift_s / 60) + 25] >= 0.5).any()
 
 
 def test_a_snapshot_from_other_season_settings_restarts_only_the_season_channel():
@@ -132,3 +139,25 @@ def test_a_snapshot_carries_the_season_ring():
         np.testing.assert_array_equal(sa, sb)
         got.append(sa[0])
     assert max(got) >= 0.5  # the restored detector still catches the missing day
+
+
+def test_season_shift_spares_a_daylight_saving_change_and_still_sees_a_missing_day():
+    """A cycle driven by local time moves an hour in UTC at a daylight-saving change: compared
+    only at the same UTC time, every earlier day disagrees at its edges and the channel alarms once.
+    With season_shift_s = 3600 each earlier day is also compared an hour earlier and later: no
+    alarm, and a day without the cycle is still caught, an hour later (docs/ANOMALY.md section 12)."""
+    det = make_detector("model", 64, 30)
+    shifted = det.p.with_(season_shift_s=3600.0)
+    n = 12 * 288
+    t = T0 + 300.0 * np.arange(n)
+    local = t + np.where(t >= T0 + 8 * DAY_S, 3600.0, 0.0)  # from day 8 the clocks go an hour ahead
+    hour = ((local - T0) % DAY_S) / 3600.0
+    v = np.where((hour >= 6) & (hour < 18), 80.0, 20.0) + np.random.default_rng(2).normal(0, 1, n)
+    day = np.floor((t - T0) / DAY_S)
+    fired = {name: np.nan_to_num(score_series(v, p, det.model, t)) >= 0.5 for name, p in (("same time", det.p), ("shifted", shifted))}
+    assert fired["same time"][day == 8].sum() >= 1 and not fired["same time"][(day >= 2) & (day < 8)].any()
+    assert not fired["shifted"][day >= 2].any()
+    off, _ = lights(days=10, off_day=7)
+    caught = np.flatnonzero(np.nan_to_num(score_series(off, shifted, det.model, t[:len(off)])) >= 0.5)
+    due = int(7 * 288 + 6 * 12)  # 06:00 on day 7
+    assert len(caught) and due + 12 <= caught[0] <= due + 15

@@ -66,6 +66,9 @@ class Params:
     season_learn_s: float = 86400.0  # its values calibrate it, its ratio counts this long after it wakes
     season_span_s: float = 1200.0
     season_block_s: float = 300.0
+    # ... and also the span this much earlier and later on each of those days (0: off): a cycle
+    # driven by local time moves by an hour at a daylight-saving change, a schedule drifts a little
+    season_shift_s: float = 0.0
     calib_len: int = 1000
     calib_q: float = 0.99
     calib_every: int = 8  # recompute each channel's order statistic every k readings (held between)
@@ -285,17 +288,25 @@ DAY_S = 86400.0
 
 def season_geometry(p: Params) -> tuple[int, int, int]:
     """(blocks per day, blocks in the recent span, ring length) of the season channel; the ring
-    holds the blocks from season_days days + the span back up to the current one."""
+    holds the blocks from season_days days + the shift + the span back up to the current one."""
     day = int(round(DAY_S / p.season_block_s))
     span = max(int(round(p.season_span_s / p.season_block_s)), 1)
-    return day, span, p.season_days * day + span
+    return day, span, p.season_days * day + season_shifts(p)[-1] + span
+
+
+def season_shifts(p: Params) -> list[int]:
+    """The shifts (in blocks) each earlier day is compared at: 0 first, then -s and +s."""
+    s = int(round(p.season_shift_s / p.season_block_s))
+    return [0, -s, s] if s > 0 else [0]
 
 
 def season_offsets(p: Params) -> np.ndarray:
-    """Block offsets back from the current block: the recent span (j = 0..span-1), then the same
-    span k days earlier for k = 1..season_days (k x day + j)."""
+    """Block offsets back from the current block: the recent span (j = 0..span-1), then, for
+    k = 1..season_days and each shift s, the span k days earlier moved by s (k x day - s + j)."""
     day, span, _ = season_geometry(p)
-    return np.array([k * day + j for k in range(p.season_days + 1) for j in range(span)], dtype=np.int64)
+    now = [j for j in range(span)]
+    return np.array(now + [k * day - s + j for k in range(1, p.season_days + 1) for s in season_shifts(p)
+                           for j in range(span)], dtype=np.int64)
 
 
 def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -305,8 +316,8 @@ def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray
     far. Day k is compared over the blocks that have readings on both days only, so a gap (or a
     sparse block) on one side does not set a partial span against a full one."""
     _, span, _ = season_geometry(p)
-    n, K = S.shape[0], p.season_days
-    lag_s, lag_c = S[:, span:].reshape(n, K, span), C[:, span:].reshape(n, K, span)
+    n, K, nshift = S.shape[0], p.season_days, len(season_shifts(p))
+    lag_s, lag_c = S[:, span:].reshape(n, K * nshift, span), C[:, span:].reshape(n, K * nshift, span)
     ls, lc, rs, rc = 0.0, 0.0, 0.0, 0.0  # (n, K) after the first block: sums over j in order
     for j in range(span):
         both = (lag_c[:, :, j] > 0) & (C[:, None, j] > 0)
@@ -318,7 +329,8 @@ def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray
         # (the span's mean where the block had none)
         then = np.where(lag_c[:, :, 0] > 0, lag_s[:, :, 0] / lag_c[:, :, 0], ls / lc)
     k = d.argmin(axis=1)
-    return d[np.arange(n), k], (lc > 0).sum(axis=1), then[np.arange(n), k]
+    days = (lc > 0).reshape(n, K, nshift).any(axis=2).sum(axis=1)
+    return d[np.arange(n), k], days, then[np.arange(n), k]
 
 
 def season_channel(x: np.ndarray, times: np.ndarray, p: Params, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:

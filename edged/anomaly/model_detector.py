@@ -137,7 +137,7 @@ class ModelDetector:
 
     def _season_geometry(self) -> np.ndarray:
         p = self.p
-        return np.array([p.season_block_s, p.season_span_s, p.season_days, p.season_min_days, p.season_learn_s]
+        return np.array([p.season_block_s, p.season_span_s, p.season_days, p.season_min_days, p.season_learn_s, p.season_shift_s]
                         if self.season else [], dtype=float)
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
