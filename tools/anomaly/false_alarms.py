@@ -8,7 +8,11 @@ how many alarms (score >= 0.5) the detector raises on series that hold nothing a
 * ``cycle10`` / ``cycle30``: a daily cycle (amplitude 3) with Gaussian noise of 10 % / 30 % of
   the amplitude, 5-minute readings;
 * ``ar1`` / ``ar1_10s``: AR(1) noise (phi 0.9) around a constant, 1-minute / 10-second readings;
-* ``quantised``: a daily cycle rounded to 0.5 (a coarse sensor), 5-minute readings.
+* ``quantised``: a daily cycle rounded to 0.5 (a coarse sensor), 5-minute readings;
+* ``counts``: Poisson counts per 5 minutes whose rate follows the day (0.5 at night to 10.5 at
+  midday; events, requests, mentions);
+* ``weekdays``: a daily cycle on Monday to Friday only, flat at the weekend (an office), 5-minute
+  readings; the first weekend is a pattern the metric has never shown.
 
     python tools/anomaly/false_alarms.py [--days 10] [--series 160] [--set field=value ...]
 
@@ -49,6 +53,11 @@ def make_series(kind: str, days: int, seed: int) -> tuple[np.ndarray, np.ndarray
         v = cycle + rng.normal(0, 0.9, len(t))
     elif kind == "quantised":
         v = np.round((cycle + rng.normal(0, 0.3, len(t))) * 2) / 2
+    elif kind == "counts":
+        v = rng.poisson(0.5 + 10 * np.maximum(0.0, np.sin(2 * np.pi * t / DAY + phase))).astype(float)
+    elif kind == "weekdays":
+        weekday = np.floor(t / DAY + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
+        v = np.where(weekday < 5, cycle, 20.0) + rng.normal(0, 0.3, len(t))
     elif kind.startswith("ar1"):
         e = rng.normal(0, 1, len(t))
         v = np.empty(len(t))
