@@ -91,7 +91,7 @@ class Event:
             "peak": _finite(ep.peak),
             "baseline": ep.baseline.as_dict() if ep.baseline else None,
             "direction": ep.direction,
-            "expected": None if ep.expected is None else _finite(ep.expected),
+            "expected": _finite(ep.expected),
             "duration_s": round(ep.duration_s, 3),
             "unit": ep.unit,
             "summary": self.summary,

@@ -18,10 +18,10 @@ Channels (all in units of the metric's running range ``hi - lo`` of the readings
 * ``volatility`` mean |x[i] - x[i-1]| over the last ``vol_len`` steps: a change in how much the
                  series moves, which the denoising encoder is trained not to see;
 * ``season``     |mean of the last ``season_span_s`` seconds - the mean of the same span one day
-                 earlier|, the smallest over the last ``season_days`` days (0 until ``season_min_days`` of them
-                 have readings there): the series does not do
-                 what it did at this time of day on any recent day (a daily cycle that fails to
-                 come, or comes at the wrong hour), which no window of the last hours can show.
+                 earlier|, the smallest over the last ``season_days`` days (0 until
+                 ``season_min_days`` of them have readings there): the series does not do what
+                 it did at this time of day on any recent day (a daily cycle that fails to come,
+                 or comes at the wrong hour), which no window of the last hours can show.
 
 Calibration: each channel (except ``excursion``, which has a fixed scale) is divided by
 its own rolling order statistic (``calib_q`` quantile of its previous ``calib_len`` values,
@@ -59,7 +59,7 @@ class Params:
     vol_len: int = 48  # volatility channel: mean |x[i] - x[i-1]| over the last vol_len steps
     # season channel: the readings' sums and counts in season_block_s buckets of absolute time;
     # the mean over the last season_span_s (the current bucket so far and the ones before) against
-    # the same buckets 1..season_days days earlier, the nearest of those days counts
+    # the same buckets 1..season_days days earlier, the most similar of those days counts
     season_days: int = 7
     season_min_days: int = 2  # 0 until this many earlier days have readings there: one cannot tell
     # today's anomaly from an echo of yesterday's
@@ -311,14 +311,14 @@ def season_offsets(p: Params) -> np.ndarray:
 
 def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(smallest distance, days compared, the most similar day's value at this time) of the season
-    channel, shared by the batch and the streaming path. ``S``, ``C``: (sum, count) of the readings in the blocks of
-    :func:`season_offsets`, shape (readings, offsets); the current block counts the readings so
+    channel, shared by the batch and the streaming path. ``S``, ``C``: (sum, count) of the
+    readings in the blocks of :func:`season_offsets`, shape (readings, offsets); the current block counts the readings so
     far. Day k is compared over the blocks that have readings on both days only, so a gap (or a
     sparse block) on one side does not set a partial span against a full one."""
     _, span, _ = season_geometry(p)
     n, K, nshift = S.shape[0], p.season_days, len(season_shifts(p))
     lag_s, lag_c = S[:, span:].reshape(n, K * nshift, span), C[:, span:].reshape(n, K * nshift, span)
-    ls, lc, rs, rc = 0.0, 0.0, 0.0, 0.0  # (n, K) after the first block: sums over j in order
+    ls, lc, rs, rc = 0.0, 0.0, 0.0, 0.0  # (n, days x shifts) after the first block: sums over j in order
     for j in range(span):
         both = (lag_c[:, :, j] > 0) & (C[:, None, j] > 0)
         ls, lc = ls + np.where(both, lag_s[:, :, j], 0.0), lc + np.where(both, lag_c[:, :, j], 0.0)

@@ -1,6 +1,6 @@
 """Streaming anomaly detector: range excursion + nearest-past-window distance + level shift +
-stuck value + volatility + time of day (season) + an ONNX window model, each calibrated per metric by a rolling quantile
-of its own history, combined, squashed into [0, 1] and passed through a refractory filter.
+stuck value + volatility + time of day (season) + an ONNX window model, each calibrated per
+metric by a rolling quantile of its own history, combined, squashed into [0, 1] and passed through a refractory filter.
 
 Implements the :class:`edged.detector.Detector` protocol. All per-metric state lives in
 arrays indexed by slot (grown on demand). The arithmetic is the same as the batch replay path
@@ -68,6 +68,7 @@ class ModelDetector:
         self.season = "season" in p.use
         self.season_day, self.season_span, self.season_len = season_geometry(p)
         self.season_offsets = season_offsets(p)
+        self.ratio_names: list[str] = []  # the channels behind the rows of the last score's ratios
         self.capacity = 0
         self._alloc(capacity)
 
@@ -117,7 +118,7 @@ class ModelDetector:
         self.sblk = np.full((capacity, nb), -1, dtype=np.int64)
         self.swoke = np.full(capacity, np.inf)  # when the season channel first had its days
         # what explain() tells about the last reading (not in snapshots: every score sets them)
-        self.lead = np.full(capacity, -1, dtype=np.int64)  # index in p.use of the largest ratio
+        self.lead = np.full(capacity, -1, dtype=np.int64)  # index in ratio_names of the largest ratio
         self.expected = np.full(capacity, np.nan)  # the season channel's most similar day, its value then
         if old:
             k = old["capacity"]
@@ -137,13 +138,13 @@ class ModelDetector:
 
     def _season_geometry(self) -> np.ndarray:
         p = self.p
-        return np.array([p.season_block_s, p.season_span_s, p.season_days, p.season_min_days, p.season_learn_s, p.season_shift_s]
-                        if self.season else [], dtype=float)
+        kept = (p.season_block_s, p.season_span_s, p.season_days, p.season_min_days, p.season_learn_s, p.season_shift_s)
+        return np.array(kept if self.season else [], dtype=float)
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         state = dict(state)
         geometry = state.pop("season_geometry", None)
-        season_kept = geometry is not None and np.array_equal(np.asarray(geometry, dtype=float), self._season_geometry())
+        season_kept = geometry is not None and np.array_equal(np.asarray(geometry, float), self._season_geometry())
         state = self._by_channel_name(state)
         if state is None:
             return
@@ -438,12 +439,11 @@ class ModelDetector:
         self.n[slots] = t + 1
         return out
 
-
     def explain(self, slot: int) -> dict:
         """What led the last score of ``slot``: the channel with the largest ratio, and when that
         is the season channel, ``expected``: the value at this time of day on the most similar earlier
         day (what the reading was compared with). The decision layer words a start with it."""
-        names = getattr(self, "ratio_names", [])
+        names = self.ratio_names
         if slot >= self.capacity or not 0 <= self.lead[slot] < len(names):
             return {}
         lead = names[self.lead[slot]]

@@ -12,7 +12,7 @@ how many alarms (score >= 0.5) the detector raises on series that hold nothing a
 * ``counts``: Poisson counts per 5 minutes whose rate follows the day (0.5 at night to 10.5 at
   midday; events, requests, mentions);
 * ``weekdays``: a daily cycle on Monday to Friday only, flat at the weekend (an office), 5-minute
-  readings; the first weekend is a pattern the metric has never shown.
+  readings; the weekend and the Monday after it are new, every week, to a memory of 2-3.5 days.
 
     python tools/anomaly/false_alarms.py [--days 10] [--series 160] [--set field=value ...]
 
