@@ -70,7 +70,7 @@ def test_season_wakes_after_two_earlier_days_and_learns_one_more():
 
     det = make_detector("model", 64, 30)
     v, t = lights(days=4)
-    s, live = season_channel(v, t, det.p)
+    s, live, _ = season_channel(v, t, det.p)
     day = (t - T0) / DAY_S
     assert (s[day < 2] == 0).all() and (s[day >= 2] > 0).mean() > 0.99
     assert not live[day < 3].any() and live[day >= 3].all()
@@ -99,13 +99,14 @@ def test_batch_equals_rows_with_dense_jittered_readings_and_a_gap(shift_s):
 
 
 def test_a_snapshot_from_other_season_settings_restarts_only_the_season_channel():
-    """Other season settings with the same ring length (10-minute blocks over 14 days): the ring's
+    """Other season settings with the same ring length (10-minute blocks over 14 days, the
+    recurrence span in as many blocks as the shipped one): the ring's
     block ids would never match, but its wake time and calibration would; the channel starts
     afresh (silent until its calibration is its own), the others keep theirs."""
     from edged.anomaly.model_detector import ModelDetector
 
     new = make_detector("model", 64, 30)
-    other = new.p.with_(season_block_s=600.0, season_days=14, season_span_s=2400.0)
+    other = new.p.with_(season_block_s=600.0, season_days=14, season_span_s=2400.0, recur_span_s=14400.0)
     a, b = ModelDetector(other, new.model), ModelDetector(new.p, new.model)
     assert a.season_len == b.season_len
     v, t = lights(days=4)
@@ -161,3 +162,42 @@ def test_season_shift_spares_a_daylight_saving_change_and_still_sees_a_missing_d
     caught = np.flatnonzero(np.nan_to_num(score_series(off, shifted, det.model, t[:len(off)])) >= 0.5)
     due = int(7 * 288 + 6 * 12)  # 06:00 on day 7
     assert len(caught) and due + 12 <= caught[0] <= due + 15
+
+
+def test_a_level_change_that_recurs_at_this_time_every_day_does_not_raise_shift_alarms():
+    """Recurrence: where the last 2 hours repeat the same 2 hours of one of the 7 earlier days
+    within the noise, the shift channel says nothing (what happens every morning is not news); a
+    change that never happened at this time still raises it. Batch and rows agree."""
+    from edged.anomaly.features import calibrate, learning_mask, raw_channels, recur_offsets, recurs
+
+    det = make_detector("model", 64, 30)
+    p = det.p
+    assert p.recur_noise > 0 and p.recur_use == ("shift",)
+    n = 9 * 288
+    t = T0 + 300.0 * np.arange(n)
+    rng = np.random.default_rng(4)
+    step = np.where(((t - T0) % DAY_S) >= 8 * 3600, 5.0, 0.0)  # a machine that starts at 08:00 every day
+    v = 20 + step + rng.normal(0, 0.5, n)
+    v[int(8.5 * 288):] += 12  # day 8, 12:00: a level it never had (the daily step is in the calibration)
+    ch = raw_channels(v, p, det.model, t)
+    learning = learning_mask(n, p, t)
+    shift = calibrate(ch, p.with_(use=("shift",)), learning, t)
+    unvetoed = calibrate(ch, p.with_(use=("shift",), recur_noise=0.0), learning, t)
+    day = np.floor((t - T0) / DAY_S)
+    morning = (((t - T0) % DAY_S) >= 8 * 3600) & (((t - T0) % DAY_S) < 8.5 * 3600) & (day >= 3) & (day < 8)
+
+    def recurring(rows):
+        return recurs(*ch["season_blocks"].lookup(recur_offsets(p), rows), ch["step_noise"][rows], p)
+
+    rows = np.flatnonzero(morning)
+    assert recurring(rows).mean() > 0.8  # the daily start repeats within the noise
+    tested = rows[unvetoed[rows] >= p.recur_min * p.rho_half]  # the test is made where shift could matter
+    assert len(tested) >= 5 and (shift[tested] == 0.0).mean() > 0.8
+    assert np.array_equal(shift[rows][unvetoed[rows] < p.recur_min * p.rho_half],
+                          unvetoed[rows][unvetoed[rows] < p.recur_min * p.rho_half])
+    new = int(8.5 * 288)
+    assert not recurring(np.arange(new, new + 6)).any() and shift[new:new + 6].max() > 0  # not recurring
+    batch = det.score_series(v, t)
+    rows = score_rows(make_detector("model", 64, 30), t, v)
+    np.testing.assert_allclose(np.nan_to_num(rows, nan=-1), np.nan_to_num(batch, nan=-1), rtol=0, atol=1e-9)
+    assert (batch[new:new + 6] >= 0.5).any()

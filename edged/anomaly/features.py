@@ -69,6 +69,14 @@ class Params:
     # ... and also the span this much earlier and later on each of those days (0: off): a cycle
     # driven by local time moves by an hour at a daylight-saving change, a schedule drifts a little
     season_shift_s: float = 0.0
+    # recurrence: where the last recur_span_s of block means lie within recur_noise x sqrt(2) x the
+    # step noise of the same span on one of the season_days earlier days (every block compared, at
+    # least half of them with readings on both days), the channels of recur_use say nothing: what
+    # happens every Monday morning is not news (0: off; needs the season channel's blocks)
+    recur_noise: float = 0.0
+    recur_span_s: float = 7200.0
+    recur_use: tuple = ("shift",)
+    recur_min: float = 0.5  # ... tested where their ratio reaches this fraction of rho_half (cost)
     calib_len: int = 1000
     calib_q: float = 0.99
     calib_every: int = 8  # recompute each channel's order statistic every k readings (held between)
@@ -109,14 +117,14 @@ class Params:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["use"] = list(self.use)
-        d["long_use"] = list(self.long_use)
+        for k in ("use", "long_use", "recur_use"):
+            d[k] = list(getattr(self, k))
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Params":
         d = dict(d)
-        for k in ("use", "long_use"):
+        for k in ("use", "long_use", "recur_use"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -291,7 +299,37 @@ def season_geometry(p: Params) -> tuple[int, int, int]:
     holds the blocks from season_days days + the shift + the span back up to the current one."""
     day = int(round(DAY_S / p.season_block_s))
     span = max(int(round(p.season_span_s / p.season_block_s)), 1)
-    return day, span, p.season_days * day + season_shifts(p)[-1] + span
+    return day, span, p.season_days * day + season_shifts(p)[-1] + max(span, recur_blocks(p))
+
+
+def recur_blocks(p: Params) -> int:
+    """Blocks in the recurrence span (the ring keeps them whether the test is on or off)."""
+    return max(int(round(p.recur_span_s / p.season_block_s)), 1)
+
+
+def recur_offsets(p: Params) -> np.ndarray:
+    """Block offsets of the recurrence test: the span now (j = 0..R-1), then k days earlier (k x day + j)."""
+    day, R = int(round(DAY_S / p.season_block_s)), recur_blocks(p)
+    return np.array([k * day + j for k in range(p.season_days + 1) for j in range(R)], dtype=np.int64)
+
+
+def recurs(S: np.ndarray, C: np.ndarray, noise: np.ndarray, p: Params) -> np.ndarray:
+    """Whether the last recurrence span repeats one of the earlier days within the noise, shared by
+    the batch and the streaming path. ``S``, ``C``: (sum, count) of the blocks of
+    :func:`recur_offsets` (the current block so far first); ``noise``: the step noise, metric units."""
+    n, R = S.shape[0], recur_blocks(p)
+    if p.recur_noise <= 0:
+        return np.zeros(n, dtype=bool)
+    now_s, now_c = S[:, :R], C[:, :R]
+    limit = p.recur_noise * np.sqrt(2.0) * noise
+    found = np.zeros(n, dtype=bool)
+    for k in range(1, p.season_days + 1):
+        lag_s, lag_c = S[:, k * R:(k + 1) * R], C[:, k * R:(k + 1) * R]
+        both = (lag_c > 0) & (now_c > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = np.where(both, np.abs(now_s / now_c - lag_s / lag_c), 0.0).max(axis=1)
+        found |= (2 * both.sum(axis=1) >= R) & (gap < limit)
+    return found
 
 
 def season_shifts(p: Params) -> list[int]:
@@ -333,39 +371,65 @@ def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray
     return d[np.arange(n), k], days, then[np.arange(n), k]
 
 
-def season_channel(x: np.ndarray, times: np.ndarray, p: Params, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-    """(s, live): s[t] = min over k = 1..season_days of |recent mean - the mean of the same blocks
-    k days earlier| (metric units; 0 while fewer than season_min_days earlier days have readings
-    there); live[t]: its ratio counts, season_learn_s after s first had its days (until then its
-    values only fill its calibration, as every channel's do while the detector learns). Sums run in
-    reading order, block by block, as the streaming detector keeps them, so both paths agree exactly."""
+@dataclass(frozen=True)
+class Blocks:
+    """A series' readings in season_block_s blocks: each reading's block id ``b``, the sum and count
+    of its block up to and including it (in reading order, as the streaming ring adds them), and
+    each block's id, sum and count (``ub``, ``bsum``, ``bcnt``)."""
+
+    b: np.ndarray
+    partial: np.ndarray
+    pos: np.ndarray
+    ub: np.ndarray
+    bsum: np.ndarray
+    bcnt: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray, times: np.ndarray, p: Params) -> "Blocks":
+        T = len(x)
+        b = np.floor(np.asarray(times, dtype=float) / p.season_block_s).astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        ends = np.r_[starts[1:], T]
+        partial = x.copy()
+        for a, e in zip(starts, ends):
+            if e - a > 1:
+                partial[a:e] = np.cumsum(x[a:e])
+        pos = (np.arange(T) - starts[np.searchsorted(starts, np.arange(T), side="right") - 1] + 1).astype(float)
+        return cls(b, partial, pos, b[starts], partial[ends - 1], (ends - starts).astype(float))
+
+    def lookup(self, offsets: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(sum, count) of the blocks ``offsets`` back from each reading of ``rows`` (a slice or
+        indices); offset 0 is the reading's own block so far; 0, 0 where a block has no readings."""
+        b = self.b[rows]
+        ids = b[:, None] - offsets[None, :]
+        i = np.minimum(np.searchsorted(self.ub, ids), len(self.ub) - 1)
+        hit = (self.ub[i] == ids) & (ids < b[:, None])
+        S, C = np.where(hit, self.bsum[i], 0.0), np.where(hit, self.bcnt[i], 0.0)
+        S[:, 0], C[:, 0] = self.partial[rows], self.pos[rows]
+        return S, C
+
+
+def season_channel(x: np.ndarray, times: np.ndarray, p: Params,
+                   chunk: int = 16384) -> tuple[np.ndarray, np.ndarray, Blocks | None]:
+    """(s, live, blocks): s[t] = min over k = 1..season_days of |recent mean - the mean of the same
+    blocks k days earlier| (metric units; 0 while fewer than season_min_days earlier days have
+    readings there); live[t]: its ratio counts, season_learn_s after s first had its days (until then
+    its values only fill its calibration, as every channel's do while the detector learns); the
+    series' :class:`Blocks` (for the recurrence test). Sums run in reading order, block by block, as
+    the streaming detector keeps them, so both paths agree."""
     T = len(x)
     if T == 0:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    b = np.floor(np.asarray(times, dtype=float) / p.season_block_s).astype(np.int64)
-    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
-    ends = np.r_[starts[1:], T]
-    partial = x.copy()  # the sum of the reading's block up to and including it
-    for a, e in zip(starts, ends):
-        if e - a > 1:
-            partial[a:e] = np.cumsum(x[a:e])
-    pos = np.arange(T) - starts[np.searchsorted(starts, np.arange(T), side="right") - 1] + 1
-    ub, bsum, bcnt = b[starts], partial[ends - 1], (ends - starts).astype(float)
-
+        return np.zeros(0), np.zeros(0, dtype=bool), None
+    blocks = Blocks.of(x, times, p)
     offsets = season_offsets(p)
     best, days = np.empty(T), np.empty(T, dtype=np.int64)
     for a in range(0, T, chunk):  # (rows x offsets) arrays: bounded memory on long replays
         e = min(a + chunk, T)
-        ids = b[a:e, None] - offsets[None, :]  # offset 0: the reading's own block, so far
-        i = np.minimum(np.searchsorted(ub, ids), len(ub) - 1)
-        hit = (ub[i] == ids) & (ids < b[a:e, None])
-        S, C = np.where(hit, bsum[i], 0.0), np.where(hit, bcnt[i], 0.0)
-        S[:, 0], C[:, 0] = partial[a:e], pos[a:e]
-        best[a:e], days[a:e], _ = season_distance(S, C, p)
+        best[a:e], days[a:e], _ = season_distance(*blocks.lookup(offsets, slice(a, e)), p)
     awake = days >= max(p.season_min_days, 1)
     ts = np.asarray(times, dtype=float)
     woke = ts[np.argmax(awake)] if awake.any() else np.inf
-    return np.where(awake, best, 0.0), awake & (ts - woke >= p.season_learn_s)
+    return np.where(awake, best, 0.0), awake & (ts - woke >= p.season_learn_s), blocks
 
 
 def since_gap(gap: np.ndarray) -> np.ndarray:
@@ -384,8 +448,9 @@ def raw_channels(x: np.ndarray, p: Params, model=None, times: np.ndarray | None 
     scale = _range_scale(lo, hi)
     ch = {}
     ch["excursion"] = np.maximum(np.maximum(x - hi, lo - x), 0.0) / scale
+    noise = step_noise(x, p.noise_len) if p.excursion_noise > 0 or p.recur_noise > 0 else None
     if p.excursion_noise > 0:
-        ch["noise"] = step_noise(x, p.noise_len) / scale
+        ch["noise"] = noise / scale
     w = p.knn_window
     knn = np.zeros(T)
     if "knn" in p.use and T >= w:
@@ -410,8 +475,10 @@ def raw_channels(x: np.ndarray, p: Params, model=None, times: np.ndarray | None 
     if "season" in p.use:
         if times is None:
             raise ValueError("the season channel needs the readings' times")
-        season, ch["season_live"] = season_channel(x, times, p)
+        season, ch["season_live"], blocks = season_channel(x, times, p)
         ch["season"] = season / scale
+        if p.recur_noise > 0 and blocks is not None:  # what the recurrence test reads (calibrate)
+            ch["season_blocks"], ch["step_noise"] = blocks, noise
     if "model" in p.use and model is not None:
         mw = model.window
         mch = np.zeros(T)
@@ -501,7 +568,17 @@ def calibrate(ch: dict, p: Params, learning: np.ndarray | None = None,
                 o = np.maximum(o, p.long_gamma * decayed_peak(kept_blocks, p.long_half))
             o = o[g]
             ratio = wgt * c / np.maximum(o, p.floor)
-            ratios.append(np.where(ch[name + "_live"], ratio, 0.0) if name + "_live" in ch else ratio)
+            if name + "_live" in ch:
+                ratio = np.where(ch[name + "_live"], ratio, 0.0)
+            if p.recur_noise > 0 and name in p.recur_use and "season_blocks" in ch:
+                # tested where the ratio reaches recur_min x the alarm level, once the season channel
+                # is trusted (two earlier days and its learning day): the test reads 8 x 24 blocks
+                rows = np.flatnonzero((ratio >= p.recur_min * p.rho_half) & ch["season_live"])
+                if len(rows):
+                    S, C = ch["season_blocks"].lookup(recur_offsets(p), rows)
+                    ratio = ratio.copy()
+                    ratio[rows[recurs(S, C, ch["step_noise"][rows], p)]] = 0.0
+            ratios.append(ratio)
     return np.max(np.vstack(ratios), axis=0)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..logs import get_logger
 from .features import (CHANNELS, FIXED_SCALE, NOISE_C, Params, _range_scale, normalise_model_window, place_in_range,
-                       season_distance, season_geometry, season_offsets, squash)
+                       recur_offsets, recurs, season_distance, season_geometry, season_offsets, squash)
 
 log = get_logger("edged.anomaly")
 
@@ -68,6 +68,7 @@ class ModelDetector:
         self.season = "season" in p.use
         self.season_day, self.season_span, self.season_len = season_geometry(p)
         self.season_offsets = season_offsets(p)
+        self.recur_offsets = recur_offsets(p)
         self.ratio_names: list[str] = []  # the channels behind the rows of the last score's ratios
         self.capacity = 0
         self._alloc(capacity)
@@ -138,7 +139,8 @@ class ModelDetector:
 
     def _season_geometry(self) -> np.ndarray:
         p = self.p
-        kept = (p.season_block_s, p.season_span_s, p.season_days, p.season_min_days, p.season_learn_s, p.season_shift_s)
+        kept = (p.season_block_s, p.season_span_s, p.season_days, p.season_min_days, p.season_learn_s, p.season_shift_s,
+                p.recur_span_s)
         return np.array(kept if self.season else [], dtype=float)
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -278,13 +280,14 @@ class ModelDetector:
         lo, hi = self.lo[slots], self.hi[slots]
         scale = _range_scale(lo, hi)
         ch = {"excursion": np.maximum(np.maximum(x - hi, lo - x), 0.0) / scale}
-        if p.excursion_noise > 0:
+        noise = np.zeros(B)  # step noise, metric units (the excursion's floor, the recurrence test)
+        if p.excursion_noise > 0 or p.recur_noise > 0:
             L = p.noise_len
-            noise = np.zeros(B)
             okn = t >= L
             if okn.any():
                 ad = np.abs(np.diff(values[okn, -(L + 1):-1], axis=1))
                 noise[okn] = NOISE_C * np.median(ad, axis=1)
+        if p.excursion_noise > 0:
             ch["noise"] = noise / scale
 
         w = p.knn_window
@@ -402,7 +405,14 @@ class ModelDetector:
             if p.long_gamma > 0 and name in p.long_use:
                 o = np.maximum(o, p.long_gamma * self.lpeak[slots, j])
             ratio = wgt * ch[name] / np.maximum(o, p.floor)
-            ratios.append(np.where(ch[name + "_live"], ratio, 0.0) if name + "_live" in ch else ratio)
+            if name + "_live" in ch:
+                ratio = np.where(ch[name + "_live"], ratio, 0.0)
+            if p.recur_noise > 0 and name in p.recur_use and self.season:  # as features.calibrate
+                rows = np.flatnonzero((ratio >= p.recur_min * p.rho_half) & ch["season_live"])
+                if len(rows):
+                    S, C = self._gather(slots[rows], now[rows], self.recur_offsets)
+                    ratio[rows[recurs(S, C, noise[rows], p)]] = 0.0
+            ratios.append(ratio)
             self.gmax[slots, j] = np.maximum(self.gmax[slots, j], ch[name])
             self.gmax_kept[slots, j] = np.maximum(self.gmax_kept[slots, j], np.where(learning, 0.0, ch[name]))
         stacked = np.vstack(ratios)
@@ -452,6 +462,16 @@ class ModelDetector:
             out["expected"] = float(self.expected[slot])
         return out
 
+    def _gather(self, slots: np.ndarray, now: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sum, count) the season ring holds for the blocks ``offsets`` back from each slot's
+        current block; 0, 0 where it holds none (features.Blocks.lookup in the batch path)."""
+        nb = self.season_len
+        b = np.floor(now / self.p.season_block_s).astype(np.int64)
+        ids = b[:, None] - offsets[None, :]
+        q, rows = np.mod(ids, nb), slots[:, None]
+        hit = self.sblk[rows, q] == ids
+        return np.where(hit, self.ssum[rows, q], 0.0), np.where(hit, self.scnt[rows, q], 0).astype(float)
+
     def _season(self, slots: np.ndarray, x: np.ndarray, now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Adds the reading to its block in the season ring, then the nearest of the earlier days'
         distances (the batch path's :func:`edged.anomaly.features.season_channel`, same order of sums)."""
@@ -465,12 +485,7 @@ class ModelDetector:
         self.ssum[slots, pos] += x
         self.scnt[slots, pos] += 1
 
-        ids = b[:, None] - self.season_offsets[None, :]
-        q, rows = np.mod(ids, nb), slots[:, None]
-        hit = self.sblk[rows, q] == ids
-        S = np.where(hit, self.ssum[rows, q], 0.0)
-        C = np.where(hit, self.scnt[rows, q], 0).astype(float)
-        best, days, then = season_distance(S, C, p)
+        best, days, then = season_distance(*self._gather(slots, now, self.season_offsets), p)
         awake = days >= max(p.season_min_days, 1)
         self.expected[slots] = np.where(awake & np.isfinite(best), then, np.nan)
         self.swoke[slots] = np.where(awake, np.minimum(self.swoke[slots], now), self.swoke[slots])

@@ -46,8 +46,10 @@ from edged.detector import appended_mask, spread_scores  # noqa: E402
 
 CATEGORIES = ["artificialNoAnomaly", "artificialWithAnomaly", "realAWSCloudwatch", "realKnownCause"]
 STRUCTURAL = ("knn_window", "knn_memory", "knn_center", "ls_recent", "ls_ref", "vol_len", "use", "stuck_min", "stuck_scale",
+              "season_days", "season_min_days", "season_learn_s", "season_span_s", "season_block_s", "season_shift_s",
+              "recur_noise", "recur_span_s",
               "gap_context", "gap_factor", "excursion_noise", "noise_len")
-CALIBRATION = STRUCTURAL + ("calib_len", "calib_q", "calib_every", "floor", "excursion_scale", "weights", "long_gamma", "long_half", "long_use", "calib_block_s", "learn", "learn_s")
+CALIBRATION = STRUCTURAL + ("calib_len", "calib_q", "calib_every", "floor", "excursion_scale", "weights", "long_gamma", "long_half", "long_use", "calib_block_s", "learn", "learn_s", "recur_use", "recur_min")
 
 
 # ----------------------------------------------------------------------------- data
@@ -236,7 +238,7 @@ def parse_set(items):
     kw = {}
     for it in items or []:
         k, v = it.split("=", 1)
-        if k in ("use", "long_use"):
+        if k in ("use", "long_use", "recur_use"):
             kw[k] = tuple(v.split(","))
         elif k == "weights":
             kw[k] = json.loads(v)
