@@ -201,3 +201,35 @@ def test_a_level_change_that_recurs_at_this_time_every_day_does_not_raise_shift_
     rows = score_rows(make_detector("model", 64, 30), t, v)
     np.testing.assert_allclose(np.nan_to_num(rows, nan=-1), np.nan_to_num(batch, nan=-1), rtol=0, atol=1e-9)
     assert (batch[new:new + 6] >= 0.5).any()
+
+
+def test_a_snapshot_with_a_shorter_season_ring_keeps_the_season_channel():
+    """A snapshot from before the recurrence test (a ring of 2,020 places, 6 season settings saved)
+    loads into the current ring (2,040): the blocks go to their places by id, the channel keeps its
+    calibration and learning state, and the metric scores on as if it had never stopped."""
+    from edged.anomaly.model_detector import ModelDetector
+    from test_anomaly_model import pipeline_windows
+
+    cur = make_detector("model", 64, 30)
+    short = cur.p.with_(recur_span_s=1200.0, recur_noise=0.0)  # the ring of 7 days + 20 minutes
+    a, b, ref = ModelDetector(short, cur.model), ModelDetector(cur.p.with_(recur_noise=0.0), cur.model), \
+        ModelDetector(cur.p.with_(recur_noise=0.0), cur.model)
+    assert a.season_len == 7 * 288 + 4 and b.season_len == 7 * 288 + 24
+    v, t = lights(days=9, off_day=8)
+    window = pipeline_windows(v, t, a.window)
+    cut = int(7.5 * 288)
+    for i in range(cut):
+        a.score(np.array([0]), *window(i))
+        ref.score(np.array([0]), *window(i))
+    saved = {k: x.copy() for k, x in a.state_dict(1).items()}
+    saved["season_geometry"] = saved["season_geometry"][:6]  # as written before the recurrence span was saved
+    b.load_state_dict(saved)
+    j = b.cal_channels.index("season")
+    np.testing.assert_array_equal(b.hist[0, j], a.hist[0, j])
+    assert b.swoke[0] == a.swoke[0]
+    got = []
+    for i in range(cut, len(v)):
+        sb, sr = b.score(np.array([0]), *window(i)), ref.score(np.array([0]), *window(i))
+        np.testing.assert_array_equal(sb, sr)
+        got.append(sb[0])
+    assert max(got) >= 0.5  # the missing day is still caught

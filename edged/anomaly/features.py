@@ -328,6 +328,9 @@ def recurs(S: np.ndarray, C: np.ndarray, noise: np.ndarray, p: Params) -> np.nda
         both = (lag_c > 0) & (now_c > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             gap = np.where(both, np.abs(now_s / now_c - lag_s / lag_c), 0.0).max(axis=1)
+        # at least half the span's blocks compared: a metric read every 15 minutes or less often is
+        # never silenced (counting only the blocks it fills cost 3.8 points on realKnownCause's
+        # 30-minute nyc_taxi: a few sparse blocks repeat an earlier day by chance)
         found |= (2 * both.sum(axis=1) >= R) & (gap < limit)
     return found
 
@@ -573,10 +576,11 @@ def calibrate(ch: dict, p: Params, learning: np.ndarray | None = None,
             if p.recur_noise > 0 and name in p.recur_use and "season_blocks" in ch:
                 # tested where the ratio reaches recur_min x the alarm level, once the season channel
                 # is trusted (two earlier days and its learning day): the test reads 8 x 24 blocks
-                rows = np.flatnonzero((ratio >= p.recur_min * p.rho_half) & ch["season_live"])
-                if len(rows):
+                tested = np.flatnonzero((ratio >= p.recur_min * p.rho_half) & ch["season_live"])
+                ratio = ratio.copy()
+                for a in range(0, len(tested), 16384):  # bounded memory, as season_channel
+                    rows = tested[a:a + 16384]
                     S, C = ch["season_blocks"].lookup(recur_offsets(p), rows)
-                    ratio = ratio.copy()
                     ratio[rows[recurs(S, C, ch["step_noise"][rows], p)]] = 0.0
             ratios.append(ratio)
     return np.max(np.vstack(ratios), axis=0)

@@ -146,13 +146,20 @@ class ModelDetector:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         state = dict(state)
         geometry = state.pop("season_geometry", None)
-        season_kept = geometry is not None and np.array_equal(np.asarray(geometry, float), self._season_geometry())
+        mine = self._season_geometry()
+        # the season settings (the first 6; the 7th, the recurrence span, only sizes the ring, and
+        # snapshots from before it have 6) decide whether the season state is this channel's
+        season_kept = (geometry is not None and len(mine) >= 6 and len(geometry) >= 6
+                       and np.array_equal(np.asarray(geometry, float)[:6], mine[:6]))
         state = self._by_channel_name(state)
         if state is None:
             return
+        saved_ring = None
         if not season_kept:  # saved without the season channel or with other season params: it starts afresh
             for k in self._SEASON_RING + ("swoke",):
                 state.pop(k, None)
+        elif "sblk" in state and state["sblk"].shape[1:] != self.sblk.shape[1:]:
+            saved_ring = tuple(state.pop(k) for k in self._SEASON_RING)  # another ring length: placed by block id below
         if set(self._STATE) - set(self._ADDED) - set(state) or set(state) - set(self._STATE) or any(
                 state[k].shape[1:] != getattr(self, k).shape[1:] for k in state):
             log.warning("detector_state_discarded", reason="saved with other params or another model",
@@ -179,6 +186,18 @@ class ModelDetector:
             j = self.cal_channels.index("season")
             self.hist[:n, j], self.qstat[:n, j] = np.inf, np.inf
             self.lpeak[:n, j] = self.gmax[:n, j] = self.gmax_kept[:n, j] = 0.0
+        if saved_ring is not None:
+            self._place_ring(*saved_ring)
+
+    def _place_ring(self, ssum: np.ndarray, scnt: np.ndarray, sblk: np.ndarray) -> None:
+        """A season ring saved with another length (the same blocks): each slot's newest blocks that
+        fit go to their places in this one (a block's place is its id mod the length)."""
+        nb = self.season_len
+        self.ssum[:len(sblk)], self.scnt[:len(sblk)], self.sblk[:len(sblk)] = 0.0, 0, -1
+        for slot, ids in enumerate(sblk):
+            keep = np.flatnonzero((ids >= 0) & (ids > ids.max() - nb))
+            pos = np.mod(ids[keep], nb)
+            self.ssum[slot, pos], self.scnt[slot, pos], self.sblk[slot, pos] = ssum[slot, keep], scnt[slot, keep], ids[keep]
 
     _SEASON_RING = ("ssum", "scnt", "sblk")
     # calibrated channels newer than snapshots that do not name their channels

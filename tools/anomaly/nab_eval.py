@@ -49,7 +49,8 @@ STRUCTURAL = ("knn_window", "knn_memory", "knn_center", "ls_recent", "ls_ref", "
               "season_days", "season_min_days", "season_learn_s", "season_span_s", "season_block_s", "season_shift_s",
               "recur_noise", "recur_span_s",
               "gap_context", "gap_factor", "excursion_noise", "noise_len")
-CALIBRATION = STRUCTURAL + ("calib_len", "calib_q", "calib_every", "floor", "excursion_scale", "weights", "long_gamma", "long_half", "long_use", "calib_block_s", "learn", "learn_s", "recur_use", "recur_min")
+CALIBRATION = STRUCTURAL + ("calib_len", "calib_q", "calib_every", "floor", "excursion_scale", "weights", "long_gamma", "long_half", "long_use", "calib_block_s", "learn", "learn_s", "recur_use", "recur_min",
+                            "rho_half")  # the recurrence test reads the ratio against recur_min x rho_half
 
 
 # ----------------------------------------------------------------------------- data
