@@ -428,18 +428,20 @@ class SensorPipeline:
             item = items[i]
             slot = item.slot
             state = self.decisions[slot]
+            score, threshold = float(scores[row]), self.threshold_for(slot)
             events = decide_value(
                 state,
                 ts=item.reading.ts,
                 value=item.reading.value,
-                score=float(scores[row]),
-                threshold=self.threshold_for(slot),
+                score=score,
+                threshold=threshold,
                 end_ratio=self.settings.anomaly.end_ratio,
                 end_after=self.settings.anomaly.end_after,
                 context=win_vals[row, :-1],
                 unit=self.store.units[slot],
                 context_ts=win_times[row, :-1],
-                explain=None if explain is None else partial(explain, slot),
+                # asked only when an episode may start: no callable built for the other readings
+                explain=partial(explain, slot) if explain is not None and score >= threshold else None,
             )
             if state.muted_until and state.muted_until > self.clock.now():
                 state.status = MUTED

@@ -292,6 +292,7 @@ def volatility_channel(x: np.ndarray, L: int) -> np.ndarray:
 
 
 DAY_S = 86400.0
+CHUNK_ROWS = 16384  # batch lookups of the season blocks run in (rows x offsets) chunks of this many rows
 
 
 def season_geometry(p: Params) -> tuple[int, int, int]:
@@ -309,7 +310,7 @@ def recur_blocks(p: Params) -> int:
 
 def recur_offsets(p: Params) -> np.ndarray:
     """Block offsets of the recurrence test: the span now (j = 0..R-1), then k days earlier (k x day + j)."""
-    day, R = int(round(DAY_S / p.season_block_s)), recur_blocks(p)
+    day, R = season_geometry(p)[0], recur_blocks(p)
     return np.array([k * day + j for k in range(p.season_days + 1) for j in range(R)], dtype=np.int64)
 
 
@@ -353,8 +354,8 @@ def season_offsets(p: Params) -> np.ndarray:
 def season_distance(S: np.ndarray, C: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(smallest distance, days compared, the most similar day's value at this time) of the season
     channel, shared by the batch and the streaming path. ``S``, ``C``: (sum, count) of the
-    readings in the blocks of :func:`season_offsets`, shape (readings, offsets); the current block counts the readings so
-    far. Day k is compared over the blocks that have readings on both days only, so a gap (or a
+    readings in the blocks of :func:`season_offsets`, shape (readings, offsets); the current block
+    counts the readings so far. Day k is compared over the blocks that have readings on both days only, so a gap (or a
     sparse block) on one side does not set a partial span against a full one."""
     _, span, _ = season_geometry(p)
     n, K, nshift = S.shape[0], p.season_days, len(season_shifts(p))
@@ -413,7 +414,7 @@ class Blocks:
 
 
 def season_channel(x: np.ndarray, times: np.ndarray, p: Params,
-                   chunk: int = 16384) -> tuple[np.ndarray, np.ndarray, Blocks | None]:
+                   chunk: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray, Blocks | None]:
     """(s, live, blocks): s[t] = min over k = 1..season_days of |recent mean - the mean of the same
     blocks k days earlier| (metric units; 0 while fewer than season_min_days earlier days have
     readings there); live[t]: its ratio counts, season_learn_s after s first had its days (until then
@@ -577,9 +578,8 @@ def calibrate(ch: dict, p: Params, learning: np.ndarray | None = None,
                 # tested where the ratio reaches recur_min x the alarm level, once the season channel
                 # is trusted (two earlier days and its learning day): the test reads 8 x 24 blocks
                 tested = np.flatnonzero((ratio >= p.recur_min * p.rho_half) & ch["season_live"])
-                ratio = ratio.copy()
-                for a in range(0, len(tested), 16384):  # bounded memory, as season_channel
-                    rows = tested[a:a + 16384]
+                for a in range(0, len(tested), CHUNK_ROWS):
+                    rows = tested[a:a + CHUNK_ROWS]
                     S, C = ch["season_blocks"].lookup(recur_offsets(p), rows)
                     ratio[rows[recurs(S, C, ch["step_noise"][rows], p)]] = 0.0
             ratios.append(ratio)

@@ -1,6 +1,7 @@
 """Streaming anomaly detector: range excursion + nearest-past-window distance + level shift +
 stuck value + volatility + time of day (season) + an ONNX window model, each calibrated per
-metric by a rolling quantile of its own history, combined, squashed into [0, 1] and passed through a refractory filter.
+metric by a rolling quantile of its own history, combined, squashed into [0, 1] and passed
+through a refractory filter.
 
 Implements the :class:`edged.detector.Detector` protocol. All per-metric state lives in
 arrays indexed by slot (grown on demand). The arithmetic is the same as the batch replay path
@@ -66,10 +67,11 @@ class ModelDetector:
         self.mring_len = p.knn_memory + (self.model.window if self.model is not None else 0)
         self.long_decay = 2.0 ** (-1.0 / p.long_half)
         self.season = "season" in p.use
-        self.season_day, self.season_span, self.season_len = season_geometry(p)
+        self.season_len = season_geometry(p)[2]
         self.season_offsets = season_offsets(p)
         self.recur_offsets = recur_offsets(p)
-        self.ratio_names: list[str] = []  # the channels behind the rows of the last score's ratios
+        # the channels behind the rows of score's ratios (explain() names the largest with them)
+        self.ratio_names = [c for c in p.use if c in CHANNELS and (c != "model" or self.model is not None)]
         self.capacity = 0
         self._alloc(capacity)
 
@@ -344,7 +346,8 @@ class ModelDetector:
             ch["volatility"] = vol
 
         if self.season:
-            season, ch["season_live"] = self._season(slots, x, now)
+            sblock = np.floor(now / p.season_block_s).astype(np.int64)  # each reading's season block
+            season, ch["season_live"] = self._season(slots, x, now, sblock)
             ch["season"] = season / scale
 
         # stuck: run of identical readings against the longest completed earlier run
@@ -429,7 +432,7 @@ class ModelDetector:
             if p.recur_noise > 0 and name in p.recur_use and self.season:  # as features.calibrate
                 rows = np.flatnonzero((ratio >= p.recur_min * p.rho_half) & ch["season_live"])
                 if len(rows):
-                    S, C = self._gather(slots[rows], now[rows], self.recur_offsets)
+                    S, C = self._gather(slots[rows], sblock[rows], self.recur_offsets)
                     ratio[rows[recurs(S, C, noise[rows], p)]] = 0.0
             ratios.append(ratio)
             self.gmax[slots, j] = np.maximum(self.gmax[slots, j], ch[name])
@@ -437,7 +440,6 @@ class ModelDetector:
         stacked = np.vstack(ratios)
         r = np.max(stacked, axis=0)
         self.lead[slots] = np.argmax(stacked, axis=0)
-        self.ratio_names = [name for name in p.use if name in ch]
         r[learning] = 0.0  # nothing is emitted while learning, so nothing opens a refractory period
 
         # refractory
@@ -481,21 +483,21 @@ class ModelDetector:
             out["expected"] = float(self.expected[slot])
         return out
 
-    def _gather(self, slots: np.ndarray, now: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _gather(self, slots: np.ndarray, b: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(sum, count) the season ring holds for the blocks ``offsets`` back from each slot's
-        current block; 0, 0 where it holds none (features.Blocks.lookup in the batch path)."""
+        current block ``b``; 0, 0 where it holds none (features.Blocks.lookup in the batch path)."""
         nb = self.season_len
-        b = np.floor(now / self.p.season_block_s).astype(np.int64)
         ids = b[:, None] - offsets[None, :]
         q, rows = np.mod(ids, nb), slots[:, None]
         hit = self.sblk[rows, q] == ids
         return np.where(hit, self.ssum[rows, q], 0.0), np.where(hit, self.scnt[rows, q], 0).astype(float)
 
-    def _season(self, slots: np.ndarray, x: np.ndarray, now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Adds the reading to its block in the season ring, then the nearest of the earlier days'
-        distances (the batch path's :func:`edged.anomaly.features.season_channel`, same order of sums)."""
+    def _season(self, slots: np.ndarray, x: np.ndarray, now: np.ndarray,
+                b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Adds the reading to its block ``b`` in the season ring, then the nearest of the earlier
+        days' distances (the batch path's :func:`edged.anomaly.features.season_channel`, same order
+        of sums)."""
         p, nb = self.p, self.season_len
-        b = np.floor(now / p.season_block_s).astype(np.int64)
         pos = np.mod(b, nb)
         fresh = self.sblk[slots, pos] != b
         self.ssum[slots[fresh], pos[fresh]] = 0.0
@@ -504,7 +506,7 @@ class ModelDetector:
         self.ssum[slots, pos] += x
         self.scnt[slots, pos] += 1
 
-        best, days, then = season_distance(*self._gather(slots, now, self.season_offsets), p)
+        best, days, then = season_distance(*self._gather(slots, b, self.season_offsets), p)
         awake = days >= max(p.season_min_days, 1)
         self.expected[slots] = np.where(awake & np.isfinite(best), then, np.nan)
         self.swoke[slots] = np.where(awake, np.minimum(self.swoke[slots], now), self.swoke[slots])
