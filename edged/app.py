@@ -304,6 +304,8 @@ class Daemon:
         restart_needed += [s for s in ("homeassistant", "metrics") if getattr(new, s) != getattr(self.settings, s)]
         if new.durability.mode != self.settings.durability.mode:
             restart_needed.append("durability")
+        if (new.anomaly.detector, new.anomaly.model_dir) != (self.settings.anomaly.detector, self.settings.anomaly.model_dir):
+            restart_needed.append("anomaly")  # the detector is built once, at start
         old = self.settings
         llm_changed = new.llm != old.llm or new.models != old.models
         self.settings = new  # the summary callback reads the current settings

@@ -213,6 +213,9 @@ def replay(
     config: Optional[Path] = ConfigOpt,
     _v: bool = VersionOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
+    recurring: Optional[str] = typer.Option(None, "--recurring", metavar="alarm|quiet",
+                                            help="as [anomaly] recurring (default: the config's): 'quiet' raises no "
+                                                 "alarm for what repeats an earlier day at this time"),
 ) -> None:
     """Score a recorded series with the daemon's detector, no broker: writes timestamp,value,anomaly_score."""
     import time
@@ -222,6 +225,12 @@ def replay(
     from .replay import replay as run_replay
 
     settings = _settings(config)
+    if recurring not in (None, "alarm", "quiet"):
+        raise Exit(2, f"--recurring {recurring!r}: expected 'alarm' or 'quiet'")
+    quiet_recurring = (recurring or settings.anomaly.recurring) == "quiet"
+    if quiet_recurring and settings.anomaly.detector != "model":
+        raise Exit(2, "--recurring quiet needs anomaly.detector = 'model': the z-score detector does not compare "
+                      "a reading with earlier days")
     try:
         pairs = plan(input, out)
         factory = lambda: make_detector(settings.anomaly.detector, settings.anomaly.window, settings.anomaly.learning_readings,
@@ -232,7 +241,7 @@ def replay(
 
             bar = tqdm(total=len(pairs), unit="file", file=sys.stderr)
         t0 = time.perf_counter()
-        rows = run_replay(pairs, factory, progress=(lambda n: bar.update(1)) if bar else None)
+        rows = run_replay(pairs, factory, progress=(lambda n: bar.update(1)) if bar else None, quiet=quiet_recurring)
         elapsed = time.perf_counter() - t0
     except ReplayError as exc:
         raise Exit(2, str(exc)) from None

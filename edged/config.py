@@ -99,6 +99,7 @@ class MqttSettings(Section):
 class MetricOverride(Section):
     match: str = Field(..., min_length=1)
     sensitivity: float | None = Field(None, gt=0, le=10)
+    recurring: Literal["alarm", "quiet"] | None = None
     expected_interval_s: float | None = Field(None, gt=0)
     unit: str | None = None
 
@@ -136,6 +137,9 @@ class AnomalySettings(Section):
     end_after: int = Field(3, ge=1, description="readings below the end threshold that close an episode")
     end_ratio: float = Field(0.7, gt=0, le=1, description="an episode ends below threshold x end_ratio")
     sensitivity: float = Field(1.0, gt=0, le=10)
+    # "quiet": a change that repeats the same 2 hours of one of the 7 days before raises no alarm on
+    # the model detector's level-shift, window-shape and volatility channels (docs/ANOMALY.md section 13)
+    recurring: Literal["alarm", "quiet"] = Field("alarm", description="'quiet': no alarm for what repeats an earlier day at this time")
 
     @model_validator(mode="after")
     def _learning_fits_window(self) -> "AnomalySettings":
@@ -268,6 +272,21 @@ class Settings(BaseModel):
     def client_id(self) -> str:
         return self.mqtt.client_id or f"edged-{self.node_id}"
 
+    @model_validator(mode="after")
+    def _quiet_needs_the_model(self) -> "Settings":
+        if self.anomaly.detector == "zscore":
+            keys = ["anomaly.recurring"] if self.anomaly.recurring == "quiet" else []
+            keys += [f"sensors.override[{i}].recurring" for i, r in enumerate(self.sensors.override) if r.recurring == "quiet"]
+            if keys:
+                raise ValueError(f"{', '.join(keys)} = 'quiet' needs anomaly.detector = 'model': the z-score detector "
+                                 "does not compare a reading with earlier days")
+        return self
+
+    def recurring_quiet(self, metric: str) -> bool:
+        """Whether ``metric`` is set to recurring = "quiet" (its override, else [anomaly])."""
+        rule = self.override_for(metric)
+        return (rule.recurring if rule and rule.recurring else self.anomaly.recurring) == "quiet"
+
     def override_for(self, metric: str) -> MetricOverride | None:
         from fnmatch import fnmatchcase
 
@@ -378,6 +397,9 @@ def format_validation_error(exc: ValidationError, origin: dict[str, str], source
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
+        if not loc:  # a check across sections: its message names the keys
+            lines.append(f"{msg} [{source}]")
+            continue
         lines.append(f"{key} = {shown}: {msg} [{where}]")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 

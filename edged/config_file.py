@@ -68,6 +68,7 @@ min_silence_s = 30           # ... but never sooner than this for a learned inte
 # [[sensors.override]]
 # match = "greenhouse/*"
 # sensitivity = 1.0          # > 1 alerts more, < 1 less
+# recurring = "quiet"        # instead of [anomaly] recurring, for this metric
 # expected_interval_s = 60   # instead of the learned interval, for silence detection
 # unit = "%"                 # when the payloads carry none
 
@@ -81,6 +82,9 @@ learning_readings = 30       # a metric is "learning" (no events) until it has t
 end_after = 3                # readings below the end level that close an episode
 end_ratio = 0.7              # the end level: threshold x end_ratio (hysteresis)
 sensitivity = 1.0
+recurring = "alarm"          # "quiet": what repeats an earlier day at these hours (a routine) raises no alarm on the
+                             # model detector's level-shift, window-shape and volatility channels (fewer alarms,
+                             # but a real change that looks like an earlier day is missed too)
 
 [runtime]
 provider = "cpu"             # "cpu", "cuda" or "tensorrt" (onnxruntime-gpu on a Jetson)

@@ -150,6 +150,7 @@ class SensorPipeline:
         self.on_new_metric: Callable[[str], None] | None = None  # e.g. Home Assistant discovery
         self.on_reannounce: Callable[[list[str]], None] | None = None  # live metric names, after every connect
         self.on_forget: Callable[[str], None] | None = None
+        self._quiet_warned = False
         self.apply_settings(settings)
 
     # ------------------------------------------------------------------ configuration
@@ -168,6 +169,18 @@ class SensorPipeline:
                     continue
                 rule = settings.override_for(name)
                 self._interval_override[slot] = rule.expected_interval_s if rule and rule.expected_interval_s else np.nan
+                self._apply_recurring(slot, name)
+
+    def _apply_recurring(self, slot: int, metric: str) -> None:
+        quiet = self.settings.recurring_quiet(metric)
+        set_quiet = getattr(self.detector, "set_quiet", None)  # the model detector's
+        if set_quiet is not None:
+            set_quiet(slot, quiet)
+        elif quiet and not self._quiet_warned:  # the config refuses quiet with zscore, but a reload
+            # may switch the detector setting while the running detector stays (it needs a restart)
+            self._quiet_warned = True
+            log.warning("recurring_ignored", metric=metric, detector=self.detector.name,
+                        hint="recurring = 'quiet' takes effect once edged restarts with anomaly.detector = 'model'")
 
     def threshold_for(self, slot: int) -> float:
         """threshold ** sensitivity: sensitivity 2 turns 0.5 into 0.25 (more alerts)."""
@@ -396,6 +409,7 @@ class SensorPipeline:
             self._token_time = _grown(self._token_time, self.store.capacity, 0.0)
             self._interval_override = _grown(self._interval_override, self.store.capacity, np.nan)
         self._interval_override[slot] = rule.expected_interval_s if rule and rule.expected_interval_s else np.nan
+        self._apply_recurring(slot, metric)
         self._tokens[slot] = STATE_BURST
         log.info("metric_added", metric=metric, metrics=len(self.store))
         if self.on_new_metric is not None:

@@ -99,9 +99,15 @@ def score_rows(detector: Detector, times: np.ndarray, values: np.ndarray) -> np.
     return scores
 
 
-def score_series(detector: Detector, times: np.ndarray, values: np.ndarray) -> np.ndarray:
+def score_series(detector: Detector, times: np.ndarray, values: np.ndarray, quiet: bool = False) -> np.ndarray:
+    """``quiet``: as a metric set to recurring = "quiet" (the model detector)."""
     batch = getattr(detector, "score_series", None)
-    scores = batch(values, times) if batch is not None else score_rows(detector, times, values)
+    if quiet:
+        if not hasattr(detector, "set_quiet"):
+            raise ReplayError(f"recurring = 'quiet' needs the model detector, not {getattr(detector, 'name', detector)!r}")
+        scores = batch(values, times, quiet=True)
+    else:
+        scores = batch(values, times) if batch is not None else score_rows(detector, times, values)
     return np.nan_to_num(np.clip(scores, 0.0, 1.0), nan=0.0)
 
 
@@ -128,13 +134,14 @@ def plan(inp: Path, out: Path | None) -> list[tuple[Path, Path]]:
     return [(inp, out or inp.with_suffix(".scored.csv"))]
 
 
-def replay(pairs: Iterable[tuple[Path, Path]], make_detector, progress=None) -> int:
-    """Score every pair with a fresh detector each (series are independent). Returns rows."""
+def replay(pairs: Iterable[tuple[Path, Path]], make_detector, progress=None, quiet: bool = False) -> int:
+    """Score every pair with a fresh detector each (series are independent). Returns rows.
+    ``quiet``: every series as a metric set to recurring = "quiet"."""
     rows = 0
     for src, dst in pairs:
         series = read_series(src)
         detector = make_detector()
-        scores = score_series(detector, series.times, series.values)
+        scores = score_series(detector, series.times, series.values, quiet)
         write_results(dst, series, scores)
         rows += len(scores)
         if progress is not None:

@@ -47,6 +47,7 @@ from numpy.lib.stride_tricks import sliding_window_view as _swv
 # snapshots name their calibration channels by index into CHANNELS: append, never reorder
 CHANNELS = ("excursion", "knn", "shift", "model", "stuck", "volatility", "season")
 FIXED_SCALE = ("excursion", "stuck")  # channels with a fixed scale (not calibrated by their own history)
+TUPLE_FIELDS = ("use", "long_use", "recur_use", "quiet_use")  # lists in detector.json
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class Params:
     recur_span_s: float = 7200.0
     recur_use: tuple = ("shift",)
     recur_min: float = 0.5  # ... tested where their ratio reaches this fraction of rho_half (cost)
+    # a metric set to recurring = "quiet" (config) has the test on these channels too: 2-15x fewer
+    # alarms on daily and weekly routines, but subtle real changes that resemble an earlier day go
+    # unflagged (NAB dev 71.6 -> 66.0; docs/ANOMALY.md section 13)
+    quiet_use: tuple = ("shift", "model", "volatility")
     calib_len: int = 1000
     calib_q: float = 0.99
     calib_every: int = 8  # recompute each channel's order statistic every k readings (held between)
@@ -117,20 +122,24 @@ class Params:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("use", "long_use", "recur_use"):
+        for k in TUPLE_FIELDS:
             d[k] = list(getattr(self, k))
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Params":
         d = dict(d)
-        for k in ("use", "long_use", "recur_use"):
+        for k in TUPLE_FIELDS:
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
 
     def with_(self, **kw) -> "Params":
         return replace(self, **kw)
+
+    def quieted(self) -> "Params":
+        """These settings for a metric set to recurring = "quiet": the recurrence test on quiet_use too."""
+        return self.with_(recur_use=tuple(dict.fromkeys(self.recur_use + self.quiet_use)))
 
 
 def _range_scale(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

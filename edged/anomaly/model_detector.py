@@ -123,9 +123,11 @@ class ModelDetector:
         # what explain() tells about the last reading (not in snapshots: every score sets them)
         self.lead = np.full(capacity, -1, dtype=np.int64)  # index in ratio_names of the largest ratio
         self.expected = np.full(capacity, np.nan)  # the season channel's most similar day, its value then
+        # recurring = "quiet" (a setting, not learned state: the pipeline sets it from the config)
+        self.quiet = np.zeros(capacity, dtype=bool)
         if old:
             k = old["capacity"]
-            for name in self._STATE + ("lead", "expected"):
+            for name in self._STATE + ("lead", "expected", "quiet"):
                 getattr(self, name)[:k] = old[name]
         self.capacity = capacity
 
@@ -245,13 +247,22 @@ class ModelDetector:
         if need > self.capacity:
             self._alloc(max(need, 2 * self.capacity))
 
-    def score_series(self, values: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """A whole series in one ORT call; equal to the row-at-a-time path (tests/test_anomaly_model.py)."""
+    def score_series(self, values: np.ndarray, times: np.ndarray, quiet: bool = False) -> np.ndarray:
+        """A whole series in one ORT call; equal to the row-at-a-time path (tests/test_anomaly_model.py),
+        also for a metric set quiet (``quiet``, as :meth:`set_quiet`)."""
         from ..detector import appended_mask, spread_scores
         from .features import score_series
 
         keep = appended_mask(times)
-        return spread_scores(keep, score_series(values[keep], self.p, self.model, times[keep]))
+        p = self.p.quieted() if quiet else self.p
+        return spread_scores(keep, score_series(values[keep], p, self.model, times[keep]))
+
+    def set_quiet(self, slot: int, quiet: bool) -> None:
+        """recurring = "quiet" for ``slot``: a change that repeats the same hours of one of the
+        earlier days says nothing on the channels of quiet_use either (Params.quieted). Needs the
+        season channel and the recurrence test (recur_noise > 0); a no-op without them."""
+        self._ensure(np.array([slot], dtype=np.int64))
+        self.quiet[slot] = bool(quiet)
 
     def reset(self, slot: int) -> None:
         if slot >= self.capacity:
@@ -429,8 +440,9 @@ class ModelDetector:
             ratio = wgt * ch[name] / np.maximum(o, p.floor)
             if name + "_live" in ch:
                 ratio = np.where(ch[name + "_live"], ratio, 0.0)
-            if p.recur_noise > 0 and name in p.recur_use and self.season:  # as features.calibrate
-                rows = np.flatnonzero((ratio >= p.recur_min * p.rho_half) & ch["season_live"])
+            tested = (name in p.recur_use) | (self.quiet[slots] if name in p.quiet_use else False)
+            if p.recur_noise > 0 and self.season and np.any(tested):  # as features.calibrate
+                rows = np.flatnonzero(tested & (ratio >= p.recur_min * p.rho_half) & ch["season_live"])
                 if len(rows):
                     S, C = self._gather(slots[rows], sblock[rows], self.recur_offsets)
                     ratio[rows[recurs(S, C, noise[rows], p)]] = 0.0

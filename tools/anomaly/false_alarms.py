@@ -14,7 +14,7 @@ how many alarms (score >= 0.5) the detector raises on series that hold nothing a
 * ``weekdays``: a daily cycle on Monday to Friday only, flat at the weekend (an office), 5-minute
   readings; the weekend and the Monday after it are new, every week, to a memory of 2-3.5 days.
 
-    python tools/anomaly/false_alarms.py [--days 10] [--series 160] [--set field=value ...]
+    python tools/anomaly/false_alarms.py [--days 10] [--series 160] [--set field=value ...] [--recurring quiet]
 
 ``--set`` overrides a shipped Param (as tools/anomaly/nab_eval.py), e.g. ``--set long_gamma=0``
 for the detector without its long-memory calibration. Fixed seeds: the same command prints the
@@ -77,10 +77,14 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", default="cycle10,cycle30,quantised,ar1")
     ap.add_argument("--set", action="append", help="override a shipped Param, field=value")
     ap.add_argument("--channels", action="store_true", help="also say which channel raised each alarm")
+    ap.add_argument("--recurring", choices=("alarm", "quiet"), default="alarm",
+                    help="as the config's [anomaly] recurring: 'quiet' = every metric set quiet")
     args = ap.parse_args(argv)
     det = load_detector()
     p = det.p.with_(**parse_set(args.set))
-    print(f"params overridden: {parse_set(args.set) or 'none'}")
+    if args.recurring == "quiet":
+        p = p.quieted()
+    print(f"params overridden: {parse_set(args.set) or 'none'}; recurring = {args.recurring}")
     print(f"alarms per 100 metric-days, by day since the first reading ({args.series} series per kind)")
     head = " ".join(f"d{d + 1:<4d}" for d in range(args.days))
     print(f"{'kind':10s} {head} | days 5+ | series with any")

@@ -41,7 +41,7 @@ sys.path.insert(0, EVAL_DIR)
 
 import nab_score  # noqa: E402
 
-from edged.anomaly.features import Params, calibrate, learning_mask, raw_channels, score_from_channels, score_from_ratio  # noqa: E402
+from edged.anomaly.features import TUPLE_FIELDS, Params, calibrate, learning_mask, raw_channels, score_from_channels, score_from_ratio  # noqa: E402
 from edged.detector import appended_mask, spread_scores  # noqa: E402
 
 CATEGORIES = ["artificialNoAnomaly", "artificialWithAnomaly", "realAWSCloudwatch", "realKnownCause"]
@@ -239,7 +239,7 @@ def parse_set(items):
     kw = {}
     for it in items or []:
         k, v = it.split("=", 1)
-        if k in ("use", "long_use", "recur_use"):
+        if k in TUPLE_FIELDS:
             kw[k] = tuple(v.split(","))
         elif k == "weights":
             kw[k] = json.loads(v)
