@@ -173,3 +173,29 @@ def test_replay_takes_recurring_from_the_option_or_the_config(tmp_path, edged_cl
     np.testing.assert_allclose(replayed("--config", str(cfg), "-q"), quiet, atol=1e-6)
     proc = edged_cli("replay", str(src), "--config", str(cfg), "--recurring", "loud")
     assert proc.returncode == 2 and "--recurring 'loud'" in proc.stderr and "'quiet'" in proc.stderr
+
+
+def test_over_mqtt_an_override_makes_one_of_two_identical_office_metrics_quiet(broker, daemon_factory, probe_factory):
+    """A real daemon (the model detector, data clock) and Mosquitto: two metrics get the same 16
+    days of an office's readings; the override sets ``office/quiet`` quiet. ``office/alarm`` raises
+    an episode on the second and third Monday morning, ``office/quiet`` on neither."""
+    from conftest import latest_stats, start_node
+    from test_anomaly_e2e import _publish_rows
+
+    d, probe = start_node(daemon_factory, probe_factory, broker.port, detector=None,
+                          extra='[[sensors.override]]\nmatch = "office/quiet"\nrecurring = "quiet"\n')
+    v, t = office(16, seed=0)
+    names = ("alarm", "quiet")
+    _publish_rows(broker.port, [(f"sensors/office/{n}", {"value": round(float(x), 2), "ts": float(ts)})
+                                for x, ts in zip(v, t) for n in names])
+    later = MONDAY + 7 * DAY_S
+    probe.wait_topic(f"{d.root}/anomaly/office/alarm",  # the last event expected, then every reading scored
+                     lambda m: m.json()["event"] == "start" and m.json()["start"] >= MONDAY + 14 * DAY_S, timeout=120)
+    latest_stats(probe, d.root, lambda s: s.get("readings", 0) >= len(names) * len(v), timeout=120)
+
+    def start_days(name):
+        events = [m.json() for m in probe.on(f"{d.root}/anomaly/office/{name}")]
+        return sorted({int((e["start"] - MONDAY) // DAY_S) for e in events if e["event"] == "start" and e["start"] >= later})
+
+    assert start_days("alarm") == [7, 14]
+    assert start_days("quiet") == []
