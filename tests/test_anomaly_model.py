@@ -433,3 +433,49 @@ def test_a_snapshot_whose_channels_cannot_be_read_is_learned_afresh():
     state["channels"] = np.array(state["channels"][:1]) * 0  # fewer names than columns
     fresh.load_state_dict(state)
     assert fresh.n[0] == 0
+
+def test_calibration_blocks_are_counted_so_jitter_does_not_merge_a_5_minute_series():
+    """Blocks hold calib_block_s / the median interval readings (at least 1) and span less than
+    calib_block_s: a 5-minute series jittered by up to 2 minutes keeps one reading per block (cut at
+    fixed 5-minute times, 0, 1 or 2 of its readings fell in a block, and NAB lost 3.5 points), and a
+    30-second series has blocks of 10 readings, cut short at a gap."""
+    from edged.anomaly.features import calibration_groups
+
+    p = make_detector("model", 64, 30).p
+    rng = np.random.default_rng(3)
+    n = 2000
+    five = 1_750_000_000.0 + 300.0 * np.arange(n) + rng.uniform(-120, 120, n)
+    assert np.array_equal(calibration_groups(n, p, five), np.arange(n))
+    thirty = 1_750_000_000.0 + 30.0 * np.arange(n) + rng.uniform(-5, 5, n)
+    thirty[1234:] += 3600.0  # an hour without readings
+    g = calibration_groups(n, p, thirty)
+    sizes = np.bincount(g)
+    first = np.r_[0, np.flatnonzero(np.diff(g)) + 1]
+    spans = np.maximum.reduceat(thirty, first) - thirty[first]
+    assert sizes.max() <= 11 and np.median(sizes) == 10 and (spans < p.calib_block_s).all()  # 300 s / ~30 s
+    assert 1234 in first and sizes[g[1233]] < 10  # the gap cuts the block before it short
+
+
+def test_a_jittered_5_minute_series_streams_as_it_replays_and_a_snapshot_with_absolute_blocks_loads():
+    from edged.replay import score_rows
+
+    rng = np.random.default_rng(4)
+    n = 900
+    t = 1_750_000_000.0 + 300.0 * np.arange(n) + rng.uniform(-120, 120, n)
+    v = _ar1(n, 4)
+    v[700] += 40
+    batch = make_detector("model", 64, 30).score_series(v, t)
+    rows = score_rows(make_detector("model", 64, 30), t, v)
+    assert np.allclose(np.nan_to_num(batch, nan=-1), np.nan_to_num(rows, nan=-1), atol=1e-9) and batch[700] >= 0.5
+
+    a, b = make_detector("model", 64, 30), make_detector("model", 64, 30)
+    window = pipeline_windows(v, t, a.window)
+    slot = np.array([0])
+    for i in range(600):
+        a.score(slot, *window(i))
+    old = {k: x.copy() for k, x in a.state_dict(1).items() if k not in ("bfirst", "bcount", "bsize")}
+    old["block"] = np.array([7], dtype=np.int64)  # written when blocks were cut at fixed times
+    b.load_state_dict(old)
+    assert b.n[0] == 600 and b.group[0] == a.group[0]  # not discarded: it learned
+    for i in range(600, n):  # every reading was a block of its own either way: the same scores
+        np.testing.assert_array_equal(a.score(slot, *window(i)), b.score(slot, *window(i)))

@@ -27,8 +27,8 @@ Calibration: each channel (except ``excursion``, which has a fixed scale) is div
 its own rolling order statistic (``calib_q`` quantile of its previous ``calib_len`` values,
 zero-filled at start, floored at ``floor``), and those in ``long_use`` by at least
 ``long_gamma`` x their peak since learning, decayed with a half-life of ``long_half`` values;
-a "value" is the maximum over a ``calib_block_s`` block of readings (one reading per block for
-series read that often or less). The score is ``r^2 / (r^2 + rho_half^2)`` of the
+a "value" is the maximum over a calibration block of readings (about ``calib_block_s`` of them
+for a series read more often; one reading per block for series read that often or less). The score is ``r^2 / (r^2 + rho_half^2)`` of the
 largest ratio ``r``. Refractory (``refractory_mode = "level"``, shipped): after an emitted
 score >= 0.5 the scores of the following period are scaled by ``suppress`` unless a ratio
 exceeds ``escalate`` x the one that opened it; the period lasts ``refractory`` readings, or
@@ -85,10 +85,11 @@ class Params:
     calib_len: int = 1000
     calib_q: float = 0.99
     calib_every: int = 8  # recompute each channel's order statistic every k readings (held between)
-    # calibration history in time blocks: the readings of one calib_block_s bucket (counted from the
-    # metric's first reading) enter the history as one value, their max, so a metric read every
-    # second keeps the calibration horizon (and the false-alarm rate per day) of one read every
-    # calib_block_s; readings further apart than that are one block each (0: every reading a block)
+    # calibration history in blocks of readings: k consecutive readings, k = calib_block_s / the
+    # median sampling interval (rounded, at least 1), and less than calib_block_s apart, enter the
+    # history as one value, their max, so a metric read every second keeps the calibration horizon
+    # (and the false-alarm rate per day) of one read every calib_block_s; readings that far apart or
+    # further are one block each, jittered or not (0: every reading a block)
     calib_block_s: float = 0.0
     floor: float = 0.01
     # long memory: a calibrated channel (of long_use) is also divided by long_gamma x its decayed
@@ -543,13 +544,35 @@ def decayed_peak(c: np.ndarray, half: float) -> np.ndarray:
     return out
 
 
+def block_sizes(med_dt: np.ndarray, block_s: float) -> np.ndarray:
+    """Readings per calibration block started at each reading: block_s / the median of the
+    intervals before it, rounded, at least 1 (1 while that median is unknown)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.where(med_dt > 0, np.floor(block_s / med_dt + 0.5), 1.0)
+    return np.clip(np.nan_to_num(k, nan=1.0), 1, 1 << 30).astype(np.int64)
+
+
 def calibration_groups(T: int, p: Params, times: np.ndarray | None = None) -> np.ndarray:
-    """Index of each reading's calibration block (non-decreasing; 0..T-1 without time blocks)."""
+    """Index of each reading's calibration block (non-decreasing; 0..T-1 without blocks). A block
+    starts at a reading and holds the block_sizes() readings from there, or fewer where
+    calib_block_s runs out first (a gap). Counted, not cut at fixed times: blocks of absolute time
+    held 0, 1 or 2 readings of a jittered 5-minute series at random (docs/ANOMALY.md section 13)."""
     if p.calib_block_s <= 0 or times is None or T == 0:
         return np.arange(T)
     ts = np.asarray(times, dtype=float)
-    b = np.floor((ts - ts[0]) / p.calib_block_s)
-    return np.cumsum(np.r_[False, b[1:] != b[:-1]])
+    if T < 2 or np.min(np.diff(ts)) * 1.5 > p.calib_block_s:  # every median interval gives k = 1
+        return np.arange(T)
+    k = block_sizes(prev_interval_median(ts, p.gap_context), p.calib_block_s)
+    if (k == 1).all():
+        return np.arange(T)
+    g = np.empty(T, dtype=np.int64)
+    block, count, size, start = -1, 0, 0, 0.0
+    for i, (now, k_i) in enumerate(zip(ts.tolist(), k.tolist())):
+        if count >= size or now - start >= p.calib_block_s:
+            block, count, size, start = block + 1, 0, k_i, now
+        count += 1
+        g[i] = block
+    return g
 
 
 def calibrate(ch: dict, p: Params, learning: np.ndarray | None = None,

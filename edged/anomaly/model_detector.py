@@ -19,8 +19,8 @@ import os
 import numpy as np
 
 from ..logs import get_logger
-from .features import (CHANNELS, FIXED_SCALE, NOISE_C, Params, _range_scale, normalise_model_window, place_in_range,
-                       recur_offsets, recurs, season_distance, season_geometry, season_offsets, squash)
+from .features import (CHANNELS, FIXED_SCALE, NOISE_C, Params, _range_scale, block_sizes, normalise_model_window,
+                       place_in_range, recur_offsets, recurs, season_distance, season_geometry, season_offsets, squash)
 
 log = get_logger("edged.anomaly")
 
@@ -77,12 +77,14 @@ class ModelDetector:
 
     # ------------------------------------------------------------------ state
     _STATE = ("n", "lo", "hi", "emb", "hist", "qstat", "prev_r", "until", "until_time", "first_time", "run",
-              "best_run", "last_fire", "last_gap", "memb", "lpeak", "block", "group", "gmax", "gmax_kept",
+              "best_run", "last_fire", "last_gap", "memb", "lpeak", "bfirst", "bcount", "bsize", "group", "gmax", "gmax_kept",
               "enorm", "mnorm", "ssum", "scnt", "sblk", "swoke")
     # newer than some snapshots (those kept every reading as its own calibration block, NaN for
     # an empty place in the embedding rings instead of a zero vector with an infinite norm, and
     # those from before the season channel)
-    _ADDED = ("lpeak", "block", "group", "gmax", "gmax_kept", "enorm", "mnorm", "ssum", "scnt", "sblk", "swoke")
+    _ADDED = ("lpeak", "bfirst", "bcount", "bsize", "group", "gmax", "gmax_kept", "enorm", "mnorm", "ssum", "scnt", "sblk",
+              "swoke")
+    _DROPPED = ("block",)  # in older snapshots: the calibration block in absolute time
 
     def _alloc(self, capacity: int) -> None:
         p = self.p
@@ -98,7 +100,11 @@ class ModelDetector:
         self.qstat = np.zeros((capacity, len(self.cal_channels)))
         nc = len(self.cal_channels)
         self.lpeak = np.zeros((capacity, nc))  # decayed peak of the completed blocks since learning (long_gamma)
-        self.block = np.full(capacity, -1, dtype=np.int64)  # calibration block of the last reading
+        # the calibration block in progress: its first reading's time, readings so far, readings it takes
+        # (0, 0: the next reading starts one)
+        self.bfirst = np.zeros(capacity)
+        self.bcount = np.zeros(capacity, dtype=np.int64)
+        self.bsize = np.zeros(capacity, dtype=np.int64)
         self.group = np.zeros(capacity, dtype=np.int64)  # index of the current block among the metric's blocks
         self.gmax = np.zeros((capacity, nc))  # each channel's max over the current block
         self.gmax_kept = np.zeros((capacity, nc))  # ... over its readings past learning
@@ -149,6 +155,8 @@ class ModelDetector:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         state = dict(state)
+        for k in self._DROPPED:  # the next reading starts a calibration block (bcount = bsize = 0)
+            state.pop(k, None)
         geometry = state.pop("season_geometry", None)
         mine = self._season_geometry()
         # the season settings (the first 6; the 7th, the recurrence span, only sizes the ring, and
@@ -184,7 +192,8 @@ class ModelDetector:
             self.group[:n] = last
             self.gmax[:n] = self.hist[np.arange(n), :, last % self.p.calib_len]
             self.gmax_kept[:n] = 0.0  # that reading may have been a learning one: keep it out of the peak
-            self.block[:n] = -1
+        if "bsize" not in state:  # saved with blocks of absolute time: the next reading starts a block
+            self.bcount[:n] = self.bsize[:n] = 0
         if not season_kept and self.season:  # an empty ring, and silent until its calibration is its own
             self.ssum[:n], self.scnt[:n], self.sblk[:n], self.swoke[:n] = 0.0, 0, -1, np.inf
             j = self.cal_channels.index("season")
@@ -274,7 +283,8 @@ class ModelDetector:
         self.hist[slot] = 0.0
         self.qstat[slot] = 0.0
         self.lpeak[slot] = 0.0
-        self.block[slot] = -1
+        self.bfirst[slot] = 0.0
+        self.bcount[slot] = self.bsize[slot] = 0
         self.group[slot] = 0
         self.gmax[slot] = 0.0
         self.gmax_kept[slot] = 0.0
@@ -405,11 +415,14 @@ class ModelDetector:
 
         # calibration by a rolling order statistic of each channel's own history of block maxima
         kq = int(p.calib_q * (p.calib_len - 1))
-        if p.calib_block_s > 0:
-            block = np.floor((now - self.first_time[slots]) / p.calib_block_s).astype(np.int64)
+        if p.calib_block_s > 0:  # as features.calibration_groups
+            new = ((self.bcount[slots] >= self.bsize[slots]) | (now - self.bfirst[slots] >= p.calib_block_s)) | (t == 0)
+            ns = slots[new]
+            self.bfirst[ns], self.bcount[ns], self.bsize[ns] = now[new], 0, block_sizes(med_dt[new], p.calib_block_s)
+            self.bcount[slots] += 1
         else:
-            block = t
-        closing = (t > 0) & (block != self.block[slots])  # this reading starts a new block
+            new = np.ones(B, dtype=bool)
+        closing = new & (t > 0)  # this reading starts a new block: the one before is complete
         cs = slots[closing]
         if len(cs):  # the finished block enters the history and the long-memory peak
             self.hist[cs, :, np.mod(self.group[cs], p.calib_len)] = self.gmax[cs]
@@ -417,7 +430,6 @@ class ModelDetector:
             self.group[cs] += 1
             self.gmax[cs] = 0.0
             self.gmax_kept[cs] = 0.0
-        self.block[slots] = block
         due = slots[(t == 0) | (closing & (self.group[slots] % p.calib_every == 0))]
         if len(due):
             self.qstat[due] = np.partition(self.hist[due], kq, axis=2)[:, :, kq]

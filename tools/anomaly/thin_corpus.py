@@ -3,9 +3,12 @@
 
 Each row is kept with probability KEEP (seeded); the rows that bound a labelled window and the
 first row are always kept, so the labels still match rows. Sensors that report on change, or
-drop readings, give the detector such series. Score the copy with the usual harness:
+drop readings, give the detector such series. ``--jitter S`` also moves every other kept row's
+timestamp by up to S seconds either way (at most 0.45 x the file's median interval, so the order
+holds): a sensor whose clock or schedule wanders. Score the copy with the usual harness:
 
     python tools/anomaly/thin_corpus.py /tmp/nab-thin60 --keep 0.6
+    python tools/anomaly/thin_corpus.py /tmp/nab-jitter120 --keep 1 --jitter 120
     NAB_ROOT=/tmp/nab-thin60 python tools/anomaly/nab_eval.py <the shipped --use/--set flags>
 
 The copy holds NAB data: write it outside the repository (the data is never copied in).
@@ -38,9 +41,13 @@ def main(argv=None) -> int:
                                  "replaced only if an earlier run wrote it)")
     ap.add_argument("--keep", type=float, default=0.6, help="probability that a row is kept (0 < keep <= 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jitter", type=float, default=0.0,
+                    help="move each timestamp but the window edges and the first by up to this many seconds")
     args = ap.parse_args(argv)
     if not 0 < args.keep <= 1:
         ap.error(f"--keep must be in (0, 1], got {args.keep}")
+    if args.jitter < 0:
+        ap.error(f"--jitter must be >= 0, got {args.jitter}")
     out = os.path.realpath(args.out)
     source = os.path.realpath(NAB_ROOT)
     if _overlaps(out, ROOT):
@@ -57,15 +64,25 @@ def main(argv=None) -> int:
     for sub in ("config", "labels"):
         shutil.copytree(os.path.join(source, sub), os.path.join(out, sub))
     with open(os.path.join(out, MARKER), "w") as fh:
-        fh.write(f"thin_corpus.py --keep {args.keep} --seed {args.seed} of {source}\n")
+        fh.write(f"thin_corpus.py --keep {args.keep} --jitter {args.jitter} --seed {args.seed} of {source}\n")
     kept = total = 0
     for rel in sorted(windows):
         df = pd.read_csv(os.path.join(source, "data", rel))
         keep = rng.random(len(df)) < args.keep
         keep[0] = True
         stamps = pd.to_datetime(df["timestamp"])
+        fixed = np.zeros(len(df), dtype=bool)
+        fixed[0] = True
         for edge in {s for w in windows[rel] for s in w}:
-            keep[(stamps == pd.Timestamp(edge)).to_numpy()] = True
+            fixed |= (stamps == pd.Timestamp(edge)).to_numpy()
+        keep |= fixed
+        if args.jitter > 0:
+            secs = stamps.to_numpy().astype("datetime64[s]").astype(np.int64)
+            j = min(args.jitter, 0.45 * float(np.median(np.diff(secs))))
+            moved = secs + np.round(rng.uniform(-j, j, len(secs))).astype(np.int64)
+            mid = (secs[:-1] + secs[1:]) // 2  # each row stays between the midpoints to its neighbours
+            moved = np.clip(moved, np.r_[secs[0], mid + 1], np.r_[mid, secs[-1]])
+            df["timestamp"] = pd.to_datetime(np.where(fixed, secs, moved), unit="s").strftime("%Y-%m-%d %H:%M:%S")
         path = os.path.join(out, "data", rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         df[keep].to_csv(path, index=False)
