@@ -479,3 +479,49 @@ def test_a_jittered_5_minute_series_streams_as_it_replays_and_a_snapshot_with_ab
     assert b.n[0] == 600 and b.group[0] == a.group[0]  # not discarded: it learned
     for i in range(600, n):  # every reading was a block of its own either way: the same scores
         np.testing.assert_array_equal(a.score(slot, *window(i)), b.score(slot, *window(i)))
+
+
+def test_streaming_calibration_blocks_equal_the_batch_groups_on_awkward_timestamps():
+    """The streaming detector's block bookkeeping (per metric: the block's first time, count and
+    size) against features.calibration_groups, several metrics per call, on sequences that move
+    k = round(300 s / median interval) or cut blocks: jittered 30 s, gaps, a rate that changes,
+    intervals at the rounding edges (120 s: k = 2.5, 200 s: 1.5), bursts."""
+    from edged.anomaly.features import Params, calibration_groups
+    from edged.anomaly.model_detector import ModelDetector
+
+    rng = np.random.default_rng(11)
+    n = 700
+    start = 1_750_000_000.0
+    steps = {
+        "jittered_30s": 30.0 + rng.uniform(-5, 5, n),
+        "gaps": np.where(rng.random(n) < 0.02, 900.0, 30.0),
+        "slow_then_fast": np.r_[np.full(n // 2, 300.0), np.full(n - n // 2, 10.0)],
+        "fast_then_slow": np.r_[np.full(n // 2, 10.0), np.full(n - n // 2, 300.0)],
+        "at_2.5": np.full(n, 120.0),
+        "at_1.5": np.full(n, 200.0),
+        "bursts": np.where(np.arange(n) % 50 < 40, 2.0, 600.0),
+    }
+    p = Params().with_(use=("excursion", "shift"), calib_block_s=300.0)
+    det = ModelDetector(p)
+    times = {k: start + np.cumsum(s) for k, s in steps.items()}
+    slots = np.arange(len(steps)) * 3  # sparse: the arrays grow
+    T = np.vstack(list(times.values()))
+    X = rng.normal(size=T.shape)
+    w = det.window
+    groups = np.zeros(T.shape, dtype=np.int64)
+    for i in range(n):
+        lo = max(0, i + 1 - w)
+        pad = w - (i + 1 - lo)
+        wv = np.hstack([np.full((len(slots), pad), np.nan), X[:, lo:i + 1]])
+        wt = np.hstack([np.full((len(slots), pad), np.nan), T[:, lo:i + 1]])
+        order = rng.permutation(len(slots)) if i % 3 else np.arange(len(slots))
+        chosen = order[: 1 + i % len(slots)] if i % 5 == 0 else order  # now and then only some metrics
+        det.score(slots[chosen], wv[chosen], wt[chosen])
+        rest = np.setdiff1d(np.arange(len(slots)), chosen)
+        if len(rest):
+            det.score(slots[rest], wv[rest], wt[rest])
+        groups[:, i] = det.group[slots]
+    for j, (name, t) in enumerate(times.items()):
+        np.testing.assert_array_equal(groups[j], calibration_groups(n, p, t), err_msg=name)
+    sizes = np.bincount(calibration_groups(n, p, times["at_1.5"])[100:])
+    assert sizes.max() == 2  # round(1.5) = 2, and 2 readings 200 s apart fit in 300 s

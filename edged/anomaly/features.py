@@ -27,8 +27,8 @@ Calibration: each channel (except ``excursion``, which has a fixed scale) is div
 its own rolling order statistic (``calib_q`` quantile of its previous ``calib_len`` values,
 zero-filled at start, floored at ``floor``), and those in ``long_use`` by at least
 ``long_gamma`` x their peak since learning, decayed with a half-life of ``long_half`` values;
-a "value" is the maximum over a calibration block of readings (about ``calib_block_s`` of them
-for a series read more often; one reading per block for series read that often or less). The score is ``r^2 / (r^2 + rho_half^2)`` of the
+a "value" is the maximum over a calibration block of readings (about ``calib_block_s`` seconds'
+worth of them for a series read more often; one reading per block for series read that often or less). The score is ``r^2 / (r^2 + rho_half^2)`` of the
 largest ratio ``r``. Refractory (``refractory_mode = "level"``, shipped): after an emitted
 score >= 0.5 the scores of the following period are scaled by ``suppress`` unless a ratio
 exceeds ``escalate`` x the one that opened it; the period lasts ``refractory`` readings, or

@@ -3,9 +3,11 @@
 
 Each row is kept with probability KEEP (seeded); the rows that bound a labelled window and the
 first row are always kept, so the labels still match rows. Sensors that report on change, or
-drop readings, give the detector such series. ``--jitter S`` also moves every other kept row's
-timestamp by up to S seconds either way (at most 0.45 x the file's median interval, so the order
-holds): a sensor whose clock or schedule wanders. Score the copy with the usual harness:
+drop readings, give the detector such series. ``--jitter S`` also moves each kept row's timestamp
+by up to S seconds either way (at most 0.45 x the file's median interval, and never past the midpoint
+to a neighbour, so the order holds; the first row, the window edges and rows beside a repeated or
+backward timestamp stay): a sensor whose clock or schedule wanders. Score the copy with the usual
+harness:
 
     python tools/anomaly/thin_corpus.py /tmp/nab-thin60 --keep 0.6
     python tools/anomaly/thin_corpus.py /tmp/nab-jitter120 --keep 1 --jitter 120
@@ -59,6 +61,7 @@ def main(argv=None) -> int:
             ap.error(f"{out} exists and was not written by this tool; it is not replaced")
         shutil.rmtree(out)
     rng = np.random.default_rng(args.seed)
+    jitter_rng = np.random.default_rng([args.seed, 1])  # its own draws: --keep picks the same rows with or without it
     with open(os.path.join(source, "labels", "combined_windows.json")) as fh:
         windows = json.load(fh)
     for sub in ("config", "labels"):
@@ -76,10 +79,12 @@ def main(argv=None) -> int:
         for edge in {s for w in windows[rel] for s in w}:
             fixed |= (stamps == pd.Timestamp(edge)).to_numpy()
         keep |= fixed
-        if args.jitter > 0:
+        if args.jitter > 0 and len(df) > 1:
             secs = stamps.to_numpy().astype("datetime64[s]").astype(np.int64)
-            j = min(args.jitter, 0.45 * float(np.median(np.diff(secs))))
-            moved = secs + np.round(rng.uniform(-j, j, len(secs))).astype(np.int64)
+            d = np.diff(secs)
+            fixed |= np.r_[d <= 0, False] | np.r_[False, d <= 0]  # beside a repeated or backward stamp
+            j = min(args.jitter, 0.45 * float(np.median(d)))
+            moved = secs + np.round(jitter_rng.uniform(-j, j, len(secs))).astype(np.int64)
             mid = (secs[:-1] + secs[1:]) // 2  # each row stays between the midpoints to its neighbours
             moved = np.clip(moved, np.r_[secs[0], mid + 1], np.r_[mid, secs[-1]])
             df["timestamp"] = pd.to_datetime(np.where(fixed, secs, moved), unit="s").strftime("%Y-%m-%d %H:%M:%S")
