@@ -6,8 +6,9 @@ first row are always kept, so the labels still match rows. Sensors that report o
 drop readings, give the detector such series. ``--jitter S`` also moves each kept row's timestamp
 by up to S seconds either way (at most 0.45 x the file's median interval, and never past the midpoint
 to a neighbour, so the order holds; the first row, the window edges and rows beside a repeated or
-backward timestamp stay): a sensor whose clock or schedule wanders. Score the copy with the usual
-harness:
+backward timestamp stay): a sensor whose clock or schedule wanders. ``--gaps K`` also removes K
+stretches of 1-8 hours per file, each where it touches no labelled window: a sensor that goes
+silent now and then. Score the copy with the usual harness:
 
     python tools/anomaly/thin_corpus.py /tmp/nab-thin60 --keep 0.6
     python tools/anomaly/thin_corpus.py /tmp/nab-jitter120 --keep 1 --jitter 120
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jitter", type=float, default=0.0,
                     help="move each timestamp but the window edges and the first by up to this many seconds")
+    ap.add_argument("--gaps", type=int, default=0, help="remove this many 1-8 hour stretches per file, outside windows")
     args = ap.parse_args(argv)
     if not 0 < args.keep <= 1:
         ap.error(f"--keep must be in (0, 1], got {args.keep}")
@@ -62,12 +64,13 @@ def main(argv=None) -> int:
         shutil.rmtree(out)
     rng = np.random.default_rng(args.seed)
     jitter_rng = np.random.default_rng([args.seed, 1])  # its own draws: --keep picks the same rows with or without it
+    gap_rng = np.random.default_rng([args.seed, 2])
     with open(os.path.join(source, "labels", "combined_windows.json")) as fh:
         windows = json.load(fh)
     for sub in ("config", "labels"):
         shutil.copytree(os.path.join(source, sub), os.path.join(out, sub))
     with open(os.path.join(out, MARKER), "w") as fh:
-        fh.write(f"thin_corpus.py --keep {args.keep} --jitter {args.jitter} --seed {args.seed} of {source}\n")
+        fh.write(f"thin_corpus.py --keep {args.keep} --jitter {args.jitter} --gaps {args.gaps} --seed {args.seed} of {source}\n")
     kept = total = 0
     for rel in sorted(windows):
         df = pd.read_csv(os.path.join(source, "data", rel))
@@ -79,6 +82,16 @@ def main(argv=None) -> int:
         for edge in {s for w in windows[rel] for s in w}:
             fixed |= (stamps == pd.Timestamp(edge)).to_numpy()
         keep |= fixed
+        if args.gaps > 0 and len(df) > 5:
+            secs = stamps.to_numpy().astype("datetime64[s]").astype(np.int64)
+            inside = np.zeros(len(df), dtype=bool)
+            for a, b in windows[rel]:
+                inside |= ((stamps >= pd.Timestamp(a)) & (stamps <= pd.Timestamp(b))).to_numpy()
+            for _ in range(args.gaps):  # after the first fifth: the detector has started
+                at = int(gap_rng.integers(len(df) // 5, len(df)))
+                cut = (secs >= secs[at]) & (secs < secs[at] + gap_rng.uniform(1, 8) * 3600)
+                if not (cut & (inside | fixed)).any():
+                    keep &= ~cut
         if args.jitter > 0 and len(df) > 1:
             secs = stamps.to_numpy().astype("datetime64[s]").astype(np.int64)
             d = np.diff(secs)
