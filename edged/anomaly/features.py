@@ -28,10 +28,11 @@ its own rolling order statistic (``calib_q`` quantile of its previous ``calib_le
 zero-filled at start, floored at ``floor``), and those in ``long_use`` by at least
 ``long_gamma`` x their peak since learning, decayed with a half-life of ``long_half`` values;
 a "value" is the maximum over a calibration block of readings (about ``calib_block_s`` seconds'
-worth of them for a series read more often; one reading per block for series read that often or less). The score is ``r^2 / (r^2 + rho_half^2)`` of the
-largest ratio ``r``. Refractory (``refractory_mode = "level"``, shipped): after an emitted
-score >= 0.5 the scores of the following period are scaled by ``suppress`` unless a ratio
-exceeds ``escalate`` x the one that opened it; the period lasts ``refractory`` readings, or
+worth of them for a series read more often; one reading per block for series read that often or
+less). The score is ``r^2 / (r^2 + rho_half^2)`` of the largest ratio ``r``. Refractory
+(``refractory_mode = "level"``, shipped): after an emitted score >= 0.5 the scores of the
+following period are scaled by ``suppress`` unless a ratio exceeds ``escalate`` x the one that
+opened it; the period lasts ``refractory`` readings, or
 (``refractory_unit = "time"``, shipped) ``refractory`` x the series' own median sampling
 interval in seconds, so it means the same at any sampling rate and a gap shortens it. Nothing
 is scored while learning: the first ``learn`` readings and the first ``learn_s`` seconds.

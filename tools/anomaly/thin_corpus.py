@@ -12,6 +12,7 @@ silent now and then. Score the copy with the usual harness:
 
     python tools/anomaly/thin_corpus.py /tmp/nab-thin60 --keep 0.6
     python tools/anomaly/thin_corpus.py /tmp/nab-jitter120 --keep 1 --jitter 120
+    python tools/anomaly/thin_corpus.py /tmp/nab-gaps6 --keep 1 --gaps 6
     NAB_ROOT=/tmp/nab-thin60 python tools/anomaly/nab_eval.py <the shipped --use/--set flags>
 
 The copy holds NAB data: write it outside the repository (the data is never copied in).
@@ -82,8 +83,8 @@ def main(argv=None) -> int:
         for edge in {s for w in windows[rel] for s in w}:
             fixed |= (stamps == pd.Timestamp(edge)).to_numpy()
         keep |= fixed
+        secs = stamps.to_numpy().astype("datetime64[s]").astype(np.int64)
         if args.gaps > 0 and len(df) > 5:
-            secs = stamps.to_numpy().astype("datetime64[s]").astype(np.int64)
             inside = np.zeros(len(df), dtype=bool)
             for a, b in windows[rel]:
                 inside |= ((stamps >= pd.Timestamp(a)) & (stamps <= pd.Timestamp(b))).to_numpy()
@@ -93,7 +94,6 @@ def main(argv=None) -> int:
                 if not (cut & (inside | fixed)).any():
                     keep &= ~cut
         if args.jitter > 0 and len(df) > 1:
-            secs = stamps.to_numpy().astype("datetime64[s]").astype(np.int64)
             d = np.diff(secs)
             fixed |= np.r_[d <= 0, False] | np.r_[False, d <= 0]  # beside a repeated or backward stamp
             j = min(args.jitter, 0.45 * float(np.median(d)))
