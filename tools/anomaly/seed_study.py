@@ -173,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ensemble", type=int, default=0,
                     help="also score ensembles of this many consecutive seeds (embeddings concatenated)")
     ap.add_argument("--grid", default="default", help=f"LOCO grid: {list(ne.GRIDS)} or JSON dict field->list")
+    ap.add_argument("--float", action="store_true", help="score each seed's float model (model.onnx), not its int8 one")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=None, help="write per-seed results and the summary here")
     args = ap.parse_args(argv)
@@ -204,6 +205,8 @@ def main(argv=None) -> int:
         for i in range(args.seeds):
             seed = SHIPPED_SEED + i
             model = trained_model(args.python, root, seed, args.train_arg)
+            if args.float:
+                model = os.path.join(os.path.dirname(model), "model.onnx")
             models.append(model)
             rows = [d.add(seed, model, args.workers) for d in detectors.values()]
             cells = " ".join(f"{r[m]:14.2f}" for r in rows for m in METRICS)

@@ -8,7 +8,8 @@ by up to S seconds either way (at most 0.45 x the file's median interval, and ne
 to a neighbour, so the order holds; the first row, the window edges and rows beside a repeated or
 backward timestamp stay): a sensor whose clock or schedule wanders. ``--gaps K`` also removes K
 stretches of 1-8 hours per file, each where it touches no labelled window: a sensor that goes
-silent now and then. Score the copy with the usual harness:
+silent now and then. ``--scale A --offset B`` writes A x value + B (other units). Score the copy
+with the usual harness:
 
     python tools/anomaly/thin_corpus.py /tmp/nab-thin60 --keep 0.6
     python tools/anomaly/thin_corpus.py /tmp/nab-jitter120 --keep 1 --jitter 120
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jitter", type=float, default=0.0,
                     help="move each timestamp but the window edges and the first by up to this many seconds")
     ap.add_argument("--gaps", type=int, default=0, help="remove this many 1-8 hour stretches per file, outside windows")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every value by this")
+    ap.add_argument("--offset", type=float, default=0.0, help="... then add this")
     args = ap.parse_args(argv)
     if not 0 < args.keep <= 1:
         ap.error(f"--keep must be in (0, 1], got {args.keep}")
@@ -71,7 +74,8 @@ def main(argv=None) -> int:
     for sub in ("config", "labels"):
         shutil.copytree(os.path.join(source, sub), os.path.join(out, sub))
     with open(os.path.join(out, MARKER), "w") as fh:
-        fh.write(f"thin_corpus.py --keep {args.keep} --jitter {args.jitter} --gaps {args.gaps} --seed {args.seed} of {source}\n")
+        fh.write(f"thin_corpus.py --keep {args.keep} --jitter {args.jitter} --gaps {args.gaps} --scale {args.scale} "
+                 f"--offset {args.offset} --seed {args.seed} of {source}\n")
     kept = total = 0
     for rel in sorted(windows):
         df = pd.read_csv(os.path.join(source, "data", rel))
@@ -101,9 +105,11 @@ def main(argv=None) -> int:
             mid = (secs[:-1] + secs[1:]) // 2  # each row stays between the midpoints to its neighbours
             moved = np.clip(moved, np.r_[secs[0], mid + 1], np.r_[mid, secs[-1]])
             df["timestamp"] = pd.to_datetime(np.where(fixed, secs, moved), unit="s").strftime("%Y-%m-%d %H:%M:%S")
+        if args.scale != 1.0 or args.offset != 0.0:
+            df["value"] = df["value"] * args.scale + args.offset
         path = os.path.join(out, "data", rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        df[keep].to_csv(path, index=False)
+        df[keep].to_csv(path, index=False, float_format="%.10g" if args.scale != 1.0 or args.offset != 0.0 else None)
         kept += int(keep.sum())
         total += len(df)
     print(f"{out}: kept {kept} of {total} rows ({kept / total:.1%}) in {len(windows)} files", file=sys.stderr)
