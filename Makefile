@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export DEMO_SECONDS ?= 0
 
-.PHONY: demo test install mosquitto bench clean
+.PHONY: demo test install mosquitto cc bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -23,7 +23,13 @@ mosquitto:
 		echo "installing mosquitto with apt-get"; \
 		$(SUDO) apt-get update -q && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients; }
 
-test: install mosquitto
+# A C compiler for edged's QMatMul kernel (`edged models pull` compiles it; so do its tests).
+cc:
+	@command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || { \
+		echo "installing gcc with apt-get"; \
+		$(SUDO) apt-get update -q && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc libc6-dev; }
+
+test: install mosquitto cc
 	$(PY) -m pytest
 
 demo: install mosquitto

@@ -28,6 +28,7 @@ BUILD_VERSION = 2  # bump whenever the files written for the same input change
 
 
 HEADS = ("split4", "int8", "rescore")
+KERNELS = ("", "precise", "llama")
 
 
 @dataclass(frozen=True)
@@ -42,30 +43,39 @@ class BuildOptions:
     attention: str = "gqa"  # plain graph only: "gqa" (com.microsoft.GroupQueryAttention) or "ops" (plain ONNX ops)
     graph: str = "fused"  # "fused": contrib ops, in-place KV buffers, run with IO binding; "plain": per-op graph
     external_data: bool = True  # weights in decoder.onnx.data (page-aligned; onnxruntime maps it: faster load, less RSS)
+    # every block matrix (the output one too) as edged's QMatMul, compiled for this CPU into the
+    # model directory (edged/llm/qkernel.py); fused graph only.  "precise": activations as two int8
+    # passes (~14 bits); "llama": llama.cpp's q8 activations.  "": onnxruntime's MatMulNBits
+    kernel: str = ""
 
     def __post_init__(self):
         if not self.head:
             object.__setattr__(self, "head", "rescore" if self.graph == "fused" else "split4")
 
 
-# ``edged models pull --precision``: named sets of the options above.  "exact" is the default
-# build: every layer in fp32 as the dequantized weights, and the output matrix's top-1 (the greedy
-# token) exact too, its other logits int8-accurate ("rescore"; the plain graph computes them all
-# exactly, "split4"); "fast" runs every 4-bit
-# layer and the output matrix with int8 activations (as llama.cpp's q8 activations): faster
-# decode, not exact -- teacher-forced top-1 agreement with llama.cpp 97.40 % instead of 97.66 %
-# (docs/LLM.md).  The manifest records the resulting options, not the name.
-PRECISIONS: dict[str, dict] = {
-    "exact": {},
-    "fast": {"accuracy_level": 4, "head": "int8"},
+# ``edged models pull --precision``: named sets of the options above, with edged's QMatMul kernel
+# (when it can be compiled here) and without it.
+# * "exact" (the default): the greedy tokens of the fp32 dequantized model.  With the kernel, every
+#   block matrix runs on two int8 passes (activations to ~14 bits: within ~1e-3 of fp32, and the
+#   same teacher-forced agreement with llama.cpp as the fp32 model, 97.66 %); without it, every
+#   layer in fp32 and the output matrix's top-1 exact ("rescore"; the plain graph: "split4").
+# * "fast": llama.cpp's own q8 arithmetic with the kernel, int8 activations (MatMulNBits
+#   accuracy_level 4 and an int8 head) without it -- not exact (96.9 % / 97.4 %; docs/LLM.md).
+# The manifest records the resulting options, not the name.
+PRECISIONS: dict[str, tuple[dict, dict]] = {
+    "exact": ({"kernel": "precise"}, {}),
+    "fast": ({"kernel": "llama"}, {"accuracy_level": 4, "head": "int8"}),
 }
 
 
-def precision_options(precision: str = "exact", **options) -> BuildOptions:
-    """:class:`BuildOptions` for a named precision, plus other fields (e.g. ``graph``)."""
+def precision_options(precision: str = "exact", kernel: bool = False, **options) -> BuildOptions:
+    """:class:`BuildOptions` for a named precision, plus other fields (e.g. ``graph``); ``kernel``:
+    use QMatMul (fused graph only)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (allowed: {', '.join(PRECISIONS)})")
-    return BuildOptions(**{**options, **PRECISIONS[precision]})
+    with_kernel, without = PRECISIONS[precision]
+    use = with_kernel if kernel and options.get("graph", "fused") == "fused" else without
+    return BuildOptions(**{**options, **use})
 
 
 def _progress(enabled: bool, total: int, desc: str):
@@ -114,8 +124,17 @@ def build(gguf_path: str | Path, out_dir: str | Path, options: BuildOptions = Bu
                 raise ValueError(f"unknown head {options.head!r} (allowed: {', '.join(HEADS)})")
             if options.head == "rescore" and options.graph == "plain":
                 raise ValueError('head "rescore" needs the fused graph')
+            if options.kernel not in KERNELS:
+                raise ValueError(f"unknown kernel {options.kernel!r} (allowed: {', '.join(k for k in KERNELS if k)})")
+            if options.kernel and options.graph != "fused":
+                raise ValueError(f"kernel {options.kernel!r} needs the fused graph")
+            extra_files = []
+            if options.kernel:
+                from . import qkernel
+                qkernel.compile_library(tmp / qkernel.LIBRARY, progress=progress)
+                extra_files.append(qkernel.LIBRARY)
             if options.graph == "fused":
-                proto = graph.build_fused_decoder(model, options.accuracy_level, options.head)
+                proto = graph.build_fused_decoder(model, options.accuracy_level, options.head, kernel=options.kernel)
             elif options.graph == "plain":
                 proto = graph.build_decoder(model, options.accuracy_level, options.head, options.fuse, options.attention)
             else:
@@ -140,11 +159,14 @@ def build(gguf_path: str | Path, out_dir: str | Path, options: BuildOptions = Bu
                 "pad_token_id": vocab.pad_id,
                 "kv_dtype": "float32",
                 "graph": options.graph,
+                "custom_ops": extra_files,
             }
+            if extra_files:  # compiled with -march=native: runs on this kind of CPU only
+                model_info["cpu"] = qkernel.cpu_signature()
             (tmp / "model.json").write_text(json.dumps(model_info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             doc = manifest.write_manifest(
                 tmp, ["decoder.onnx", *(["decoder.onnx.data"] if options.external_data else []),
-                      "tokenizer.json", "chat_template.json", "model.json"],
+                      "tokenizer.json", "chat_template.json", "model.json", *extra_files],
                 name=out_dir.name,
                 source={"file": source_name or gguf_path.name, "sha256": source_sha, "bytes": size},
                 architecture=model.architecture,

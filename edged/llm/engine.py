@@ -110,6 +110,15 @@ class Engine:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if info.get("custom_ops"):  # verified with the manifest above
+            from .qkernel import cpu_signature
+
+            if info.get("cpu") != cpu_signature():
+                raise manifest.ManifestError(
+                    f"{self.model_dir}: its QMatMul kernel was compiled for another CPU ({info.get('cpu')}, this one is "
+                    f"{cpu_signature()}): rebuild it here with `edged models pull`")
+            for library in info["custom_ops"]:
+                so.register_custom_ops_library(str(self.model_dir / library))
         self.session = ort.InferenceSession(str(self.model_dir / "decoder.onnx"), so,
                                             providers=["CPUExecutionProvider"])
         self._outputs = [o.name for o in self.session.get_outputs()]

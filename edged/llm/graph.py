@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import quant
+from . import qkernel, quant
 from .gguf_model import GGUFModel, LlamaConfig
 
 OPSET = 21
@@ -47,10 +47,11 @@ def _concat(parts):
 
 
 class _Builder:
-    def __init__(self, accuracy_level: int):
+    def __init__(self, accuracy_level: int, kernel: str = ""):
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.acc = accuracy_level
+        self.kernel = kernel  # block matrices as edged's QMatMul (llama.cpp's arithmetic, see qkernel)
         self._n = 0
         self._consts: dict[tuple, str] = {}
 
@@ -264,6 +265,11 @@ def _fused_linear(b: _Builder, x: str, w, prefix: str, bsums: dict, split8: bool
                     prefix + "_sum")
     if isinstance(w, np.ndarray):
         return b.op("MatMul", [x, b.init(f"{prefix}.weight_t", w.T.astype(np.float32))], prefix)
+    if b.kernel and qkernel.supported(w):
+        p = qkernel.pack(w)
+        return b.op("QMatMul", [x, b.init(f"{prefix}.codes", p.codes), b.init(f"{prefix}.scales", p.scales),
+                                b.init(f"{prefix}.mins", p.mins)], prefix, domain=qkernel.DOMAIN,
+                    K=p.k, N=p.n, bits=p.bits, zero_point=p.zero_point, precise=int(b.kernel == "precise"))
     n, k = w.shape
     y = b.op("MatMulNBits", [x, b.init(f"{prefix}.qweight", w.matmulnbits_b()), b.init(f"{prefix}.scales", w.scale.reshape(-1)),
                              b.init(f"{prefix}.zero_points", w.matmulnbits_zp())], prefix, domain=MS,
@@ -325,9 +331,12 @@ def _gather_rows(b: _Builder, w: "quant.BlockQuant", ids: str, prefix: str) -> s
     return rows
 
 
-def build_fused_decoder(model: GGUFModel, accuracy_level: int = 0, head: str = "split4") -> onnx.ModelProto:
+def build_fused_decoder(model: GGUFModel, accuracy_level: int = 0, head: str = "split4",
+                        kernel: str = "") -> onnx.ModelProto:
+    """``kernel`` ("precise" | "llama"): every block matrix, the output one included, as QMatMul
+    in that mode (``accuracy_level`` and ``head`` unused)."""
     cfg: LlamaConfig = model.config
-    b = _Builder(accuracy_level)
+    b = _Builder(accuracy_level, kernel)
     hd, nh, nkv, d = cfg.head_dim, cfg.n_head, cfg.n_head_kv, cfg.n_embd
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "seq"]),
@@ -389,7 +398,9 @@ def build_fused_decoder(model: GGUFModel, accuracy_level: int = 0, head: str = "
     h = b.op("Gather", [h, "logits_index"], "last_hidden", axis=0)
     tied = not model.has("output.weight")
     w_out = model.weight("token_embd.weight" if tied else "output.weight")
-    if head == "rescore" and isinstance(w_out, quant.BlockQuant):
+    if kernel and qkernel.supported(w_out):
+        logits = _fused_linear(b, h, w_out, "output", {})
+    elif head == "rescore" and isinstance(w_out, quant.BlockQuant):
         logits = _rescored_head(b, h, w_out, "token_embd" if tied else None)
     else:
         if head == "int8":
@@ -398,7 +409,10 @@ def build_fused_decoder(model: GGUFModel, accuracy_level: int = 0, head: str = "
     b.op("Reshape", [logits, b.const([1, -1, cfg.n_vocab])], outputs=["logits"])
 
     graph = helper.make_graph(b.nodes, "llama_decoder_fused", inputs, outputs, b.inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)]
+    if kernel:
+        opsets.append(helper.make_opsetid(qkernel.DOMAIN, 1))
+    m = helper.make_model(graph, opset_imports=opsets,
                           producer_name="edged.llm", producer_version="1")
     m.ir_version = 10
     return m

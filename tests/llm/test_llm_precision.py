@@ -28,6 +28,10 @@ def test_precision_options():
     assert list(PRECISIONS) == ["exact", "fast"]
     with pytest.raises(ValueError, match="allowed: exact, fast"):
         precision_options("turbo")
+    # with the QMatMul kernel: its precise mode is exact, llama.cpp's arithmetic is fast
+    assert precision_options("exact", kernel=True) == BuildOptions(kernel="precise")
+    assert precision_options("fast", kernel=True) == BuildOptions(kernel="llama")
+    assert precision_options("exact", kernel=True, graph="plain") == BuildOptions(graph="plain")  # fused only
 
 
 @pytest.fixture
@@ -54,10 +58,11 @@ def _accuracy_levels(model_dir) -> set[int]:
 
 
 def test_pull_precision_fast_then_exact(pull_cli, capsys):
+    """Without the kernel: onnxruntime's own MatMulNBits at both precisions."""
     run, models, src = pull_cli
     out = models / "smollm2-135m"
 
-    assert run("--precision", "fast") == 0
+    assert run("--precision", "fast", "--kernel", "no") == 0
     doc = manifest.verify(out)
     assert (doc["build"]["accuracy_level"], doc["build"]["head"], doc["build"]["graph"]) == (4, "int8", "fused")
     assert _accuracy_levels(out) == {4}  # every 4-bit layer and the 8-bit head: int8 activations
@@ -68,7 +73,7 @@ def test_pull_precision_fast_then_exact(pull_cli, capsys):
     assert np.isfinite(fast).all()
     np.testing.assert_allclose(fast, want, rtol=0, atol=0.1 * np.abs(want).max())  # close, not exact
 
-    assert run() == 0  # the default is exact: the changed options rebuild the directory
+    assert run("--kernel", "no") == 0  # the default is exact: the changed options rebuild the directory
     doc = manifest.verify(out)
     assert (doc["build"]["accuracy_level"], doc["build"]["head"]) == (0, "rescore")
     assert _accuracy_levels(out) == {0, 4}  # fp32 layers; the head's first pass in int8, then rescored
@@ -83,3 +88,27 @@ def test_pull_bad_precision_names_the_allowed_values(pull_cli, capsys):
     err = capsys.readouterr().err
     assert "--precision must be exact or fast, not 'turbo'" in err
     assert not models.exists()  # refused before fetching or building anything
+
+
+def test_pull_builds_the_kernel_by_default(pull_cli, capsys):
+    run, models, _ = pull_cli
+    out = models / "smollm2-135m"
+    assert run() == 0
+    assert manifest.verify(out)["build"]["kernel"] == "precise"
+    assert run("--precision", "fast") == 0
+    assert manifest.verify(out)["build"]["kernel"] == "llama"
+    assert run("--graph", "plain") == 0  # the kernel needs the fused graph: auto leaves it out
+    assert manifest.verify(out)["build"]["kernel"] == ""
+
+
+def test_pull_kernel_errors(pull_cli, capsys, tmp_path, monkeypatch):
+    run, models, _ = pull_cli
+    assert run("--kernel", "maybe") == 2
+    assert "--kernel must be auto, yes or no, not 'maybe'" in capsys.readouterr().err
+    monkeypatch.setenv("ORT_INCLUDE_DIR", str(tmp_path))  # no headers there
+    assert run("--kernel", "yes") == 1  # asked for: an error naming what is missing
+    assert "ORT_INCLUDE_DIR" in capsys.readouterr().err
+    assert not models.exists()
+    assert run() == 0  # auto: says why, then builds onnxruntime's graph
+    assert "building without the QMatMul kernel" in capsys.readouterr().err
+    assert manifest.verify(models / "smollm2-135m")["build"]["kernel"] == ""

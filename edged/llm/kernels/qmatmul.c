@@ -1,0 +1,391 @@
+/* edged.llm QMatMul: y = x @ W.T for GGUF block weights (Q4_0, Q4_1, Q8_0) on int8 dot products.
+ *
+ * The activations are quantized per block of 32 like llama.cpp's q8 (d = amax / 127,
+ * q = round-half-even(x * 127 / amax)), and each block contributes
+ *     d_w * d_x * sum(q_w * q_x)          (+ m_w * s_x for Q4_1; s_x: the block's sum)
+ * summed in fp32.  Two modes (attribute ``precise``):
+ *   0  llama.cpp's arithmetic: d_x and s_x = d_x * sum(q_x) rounded to fp16 as in its q8_1.
+ *   1  two int8 passes: the residual x - d q (at most d / 2) is coded again in units of d / 128,
+ *      so x = d / 128 * (128 q + q2) to within d / 256 (about 14 bits), s_x is the fp32 sum, and
+ *      the results are within ~1e-3 relative of the fp32 product of the dequantized weights.
+ * The int8 products run on AVX-512 VNNI where the compiler targets it (-march=native on such a
+ * CPU), in portable C otherwise.  Python side, layout and a numpy reference: edged/llm/qkernel.py.
+ *
+ * Inputs   X float [..., K]
+ *          W uint8 [G, K/32, S, 64]  weight codes of 16 rows side by side (qkernel.pack), G = ceil(N/16)
+ *                                     groups, the last one padded: S = 4 for 4-bit, 8 for 8-bit
+ *          D float [G, K/32, 16]     per-block scales d_w
+ *          M float [G, K/32, 16]     per-block mins m_w (Q4_1), a [0] tensor otherwise
+ * Attrs    K, N, bits (4 | 8), zero_point (codes are q_w + zero_point: 0 for Q4_1, 8 for Q4_0,
+ *          128 for Q8_0), precise (0 | 1)
+ * Output   Y float [..., N]
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "onnxruntime_c_api.h"
+
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define QMM_AVX512 1
+#endif
+
+#define QMM_ORT_API 17
+#define QK 32
+#define ROWS 16 /* rows of W per group: one 512-bit register of int32 sums */
+#define GROUPS(n) (((n) + ROWS - 1) / ROWS)
+
+static const OrtApi *g_api;
+
+typedef struct {
+  int64_t k, n, bits, zero_point, precise;
+} QKernel;
+
+/* ---- activation quantization (llama.cpp's quantize_row_q8_1 / q8_0 arithmetic) ---------- */
+
+static float fp16_round(float f) {
+#if defined(__F16C__)
+  return _cvtsh_ss(_cvtss_sh(f, 0)); /* 0: round to nearest even, like GGML_FP32_TO_FP16 */
+#else
+  return (float)(_Float16)f;
+#endif
+}
+
+static int32_t round_half_even(float v) {
+  /* llama.cpp rounds with _mm256_round_ps(_MM_ROUND_NEAREST): ties to even */
+  float r = __builtin_rintf(v); /* default rounding mode: nearest, ties to even */
+  return (int32_t)r;
+}
+
+typedef struct {
+  int8_t *q;     /* [M, K] */
+  int8_t *q2;    /* [M, K] precise mode: the residual's codes, else NULL */
+  float *d;      /* [M, nb] scale of one unit of sum (llama: fp16-rounded d; precise: d / 128) */
+  float *s;      /* [M, nb] block sum of x (llama: fp16(d * sum q); precise: the fp32 sum) */
+  int32_t *sum;  /* [M, nb] sum of the codes (precise: of 128 q + q2) */
+} QAct;
+
+static void quantize_rows(const float *x, int64_t m, int64_t k, QAct *a) {
+  int64_t nb = k / QK;
+  for (int64_t r = 0; r < m; r++) {
+    for (int64_t b = 0; b < nb; b++) {
+      const float *xb = x + r * k + b * QK;
+      float amax = 0.0f;
+      for (int i = 0; i < QK; i++) {
+        float v = xb[i] < 0 ? -xb[i] : xb[i];
+        amax = v > amax ? v : amax;
+      }
+      float d = amax / 127.f;
+      float id = amax != 0.0f ? 127.f / amax : 0.0f;
+      int32_t sum = 0;
+      int8_t *qb = a->q + r * k + b * QK;
+      for (int i = 0; i < QK; i++) {
+        int32_t q = round_half_even(xb[i] * id);
+        qb[i] = (int8_t)q;
+        sum += q;
+      }
+      if (a->q2) {
+        /* precise: x = d/128 * (128 q + q2) to within d/256: the residual x - d q (at most d/2)
+         * in units of d/128 fits int8 */
+        int8_t *rb = a->q2 + r * k + b * QK;
+        float unit = d / 128.f, inv = amax != 0.0f ? 1.0f / unit : 0.0f, xs = 0.0f;
+        for (int i = 0; i < QK; i++) {
+          int32_t q2 = round_half_even((xb[i] - d * (float)qb[i]) * inv);
+          q2 = q2 > 127 ? 127 : (q2 < -127 ? -127 : q2);
+          rb[i] = (int8_t)q2;
+          xs += xb[i];
+        }
+        sum = 0;
+        for (int i = 0; i < QK; i++) sum += 128 * qb[i] + rb[i];
+        a->d[r * nb + b] = unit;
+        a->s[r * nb + b] = xs;
+        a->sum[r * nb + b] = sum;
+      } else {
+        a->d[r * nb + b] = fp16_round(d);
+        a->s[r * nb + b] = fp16_round(d * (float)sum);
+        a->sum[r * nb + b] = sum;
+      }
+    }
+  }
+}
+
+/* ---- the product, one group of 16 weight rows at a time ------------------------------------ */
+
+typedef struct {
+  const QKernel *kern;
+  const uint8_t *w;
+  const float *dw, *mw;
+  const QAct *act;
+  float *y;
+  int64_t m;
+} Job;
+
+#ifdef QMM_AVX512
+/* Two weight row groups at a time: two independent chains of dot products, and each
+ * activation broadcast used twice. */
+#define GP 2
+static inline __attribute__((always_inline)) void run_pair_impl(const Job *job, int64_t g0, int ng, const int precise) {
+  const QKernel *kern = job->kern;
+  const int64_t k = kern->k, nb = k / QK;
+  const int64_t zp = kern->zero_point;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  for (int64_t r = 0; r < job->m; r++) {
+    __m512 acc[GP], macc[GP];
+    for (int j = 0; j < GP; j++) acc[j] = macc[j] = _mm512_setzero_ps();
+    const int8_t *arow = job->act->q + r * k;
+    const int8_t *rrow = precise ? job->act->q2 + r * k : NULL;
+    for (int64_t b = 0; b < nb; b++) {
+      const int64_t ab = r * nb + b;
+      const int8_t *ap = arow + b * QK, *rp = precise ? rrow + b * QK : NULL;
+      __m512i isa[GP], isb[GP], isc[GP], isd[GP];
+      for (int j = 0; j < GP; j++) isa[j] = isb[j] = isc[j] = isd[j] = _mm512_setzero_si512();
+      if (kern->bits == 4) {
+        for (int s = 0; s < 4; s++) {
+          __m512i a0 = _mm512_set1_epi32(*(const int32_t *)(ap + 8 * s));
+          __m512i a1 = _mm512_set1_epi32(*(const int32_t *)(ap + 8 * s + 4));
+          __m512i r0 = precise ? _mm512_set1_epi32(*(const int32_t *)(rp + 8 * s)) : a0;
+          __m512i r1 = precise ? _mm512_set1_epi32(*(const int32_t *)(rp + 8 * s + 4)) : a1;
+          for (int j = 0; j < ng; j++) {
+            const uint8_t *wp = job->w + ((g0 + j) * nb + b) * 256 + s * 64;
+            __m512i w = _mm512_loadu_si512((const void *)wp);
+            __m512i lo = _mm512_and_si512(w, low), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+            isa[j] = _mm512_dpbusd_epi32(isa[j], lo, a0);
+            isb[j] = _mm512_dpbusd_epi32(isb[j], hi, a1);
+            if (precise) {
+              isc[j] = _mm512_dpbusd_epi32(isc[j], lo, r0);
+              isd[j] = _mm512_dpbusd_epi32(isd[j], hi, r1);
+            }
+          }
+        }
+      } else {
+        for (int s = 0; s < 8; s += 2) {
+          __m512i a0 = _mm512_set1_epi32(*(const int32_t *)(ap + 4 * s));
+          __m512i a1 = _mm512_set1_epi32(*(const int32_t *)(ap + 4 * s + 4));
+          __m512i r0 = precise ? _mm512_set1_epi32(*(const int32_t *)(rp + 4 * s)) : a0;
+          __m512i r1 = precise ? _mm512_set1_epi32(*(const int32_t *)(rp + 4 * s + 4)) : a1;
+          for (int j = 0; j < ng; j++) {
+            const uint8_t *wp = job->w + ((g0 + j) * nb + b) * 512 + s * 64;
+            __m512i w0 = _mm512_loadu_si512((const void *)wp), w1 = _mm512_loadu_si512((const void *)(wp + 64));
+            isa[j] = _mm512_dpbusd_epi32(isa[j], w0, a0);
+            isb[j] = _mm512_dpbusd_epi32(isb[j], w1, a1);
+            if (precise) {
+              isc[j] = _mm512_dpbusd_epi32(isc[j], w0, r0);
+              isd[j] = _mm512_dpbusd_epi32(isd[j], w1, r1);
+            }
+          }
+        }
+      }
+      const __m512 da = _mm512_set1_ps(job->act->d[ab]);
+      for (int j = 0; j < ng; j++) {
+        const int64_t gb = (g0 + j) * nb + b;
+        __m512i is = _mm512_add_epi32(isa[j], isb[j]);
+        if (precise) is = _mm512_add_epi32(_mm512_slli_epi32(is, 7), _mm512_add_epi32(isc[j], isd[j]));
+        if (zp) is = _mm512_sub_epi32(is, _mm512_set1_epi32((int32_t)(zp * job->act->sum[ab])));
+        __m512 dd = _mm512_mul_ps(_mm512_loadu_ps(job->dw + gb * ROWS), da);
+        acc[j] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(is), acc[j]);
+        if (job->mw) macc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(job->mw + gb * ROWS), _mm512_set1_ps(job->act->s[ab]), macc[j]);
+      }
+    }
+    for (int j = 0; j < ng; j++) {
+      int64_t left = kern->n - (g0 + j) * ROWS; /* the last group may be partly padding */
+      __mmask16 keep = left >= ROWS ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+      _mm512_mask_storeu_ps(job->y + r * kern->n + (g0 + j) * ROWS, keep, _mm512_add_ps(acc[j], macc[j]));
+    }
+  }
+}
+
+static void run_pair(const Job *job, int64_t g0, int ng) {
+  if (job->act->q2)
+    run_pair_impl(job, g0, ng, 1);
+  else
+    run_pair_impl(job, g0, ng, 0);
+}
+
+static void run_group(void *user, size_t i) {
+  const Job *job = (const Job *)user;
+  int64_t groups = GROUPS(job->kern->n), g0 = (int64_t)i * GP;
+  run_pair(job, g0, groups - g0 < GP ? (int)(groups - g0) : GP);
+}
+#define TASKS(n) ((GROUPS(n) + GP - 1) / GP)
+#else
+/* the activation code of element i: q, or 128 q + q2 in precise mode */
+static inline int32_t code(const QAct *a, int64_t i) { return a->q2 ? 128 * a->q[i] + a->q2[i] : a->q[i]; }
+
+static void run_group(void *user, size_t g) {
+  const Job *job = (const Job *)user;
+  const QKernel *kern = job->kern;
+  const int64_t k = kern->k, nb = k / QK, steps = kern->bits == 4 ? 4 : 8;
+  for (int64_t r = 0; r < job->m; r++) {
+    float acc[ROWS] = {0}, macc[ROWS] = {0};
+    for (int64_t b = 0; b < nb; b++) {
+      const int64_t gb = (int64_t)g * nb + b, ab = r * nb + b;
+      const uint8_t *wp = job->w + gb * steps * 64;
+      for (int row = 0; row < ROWS; row++) {
+        int32_t is = 0;
+        for (int s = 0; s < steps; s++)
+          for (int e = 0; e < 4; e++) {
+            uint8_t byte = wp[s * 64 + row * 4 + e];
+            int lo = kern->bits == 4 ? 8 * s + e : 4 * s + e, hi = 8 * s + 4 + e;
+            if (kern->bits == 4) {
+              is += (byte & 0x0F) * code(job->act, r * k + b * QK + lo) + (byte >> 4) * code(job->act, r * k + b * QK + hi);
+            } else {
+              is += byte * code(job->act, r * k + b * QK + lo);
+            }
+          }
+        is -= (int32_t)(kern->zero_point * job->act->sum[ab]);
+        acc[row] += job->dw[gb * ROWS + row] * job->act->d[ab] * (float)is;
+        if (job->mw) macc[row] += job->mw[gb * ROWS + row] * job->act->s[ab];
+      }
+    }
+    for (int row = 0; row < ROWS && (int64_t)g * ROWS + row < kern->n; row++)
+      job->y[r * kern->n + (int64_t)g * ROWS + row] = acc[row] + macc[row];
+  }
+}
+#define TASKS(n) GROUPS(n)
+#endif
+
+/* ---- onnxruntime custom-op plumbing ------------------------------------------------------- */
+
+#define RETURN_IF(expr)               \
+  do {                                \
+    OrtStatus *st_ = (expr);          \
+    if (st_) return st_;              \
+  } while (0)
+
+static OrtStatus *compute(void *op_kernel, OrtKernelContext *ctx) {
+  const QKernel *kern = (const QKernel *)op_kernel;
+  const OrtValue *x, *w, *dw, *mw;
+  RETURN_IF(g_api->KernelContext_GetInput(ctx, 0, &x));
+  RETURN_IF(g_api->KernelContext_GetInput(ctx, 1, &w));
+  RETURN_IF(g_api->KernelContext_GetInput(ctx, 2, &dw));
+  RETURN_IF(g_api->KernelContext_GetInput(ctx, 3, &mw));
+
+  OrtTensorTypeAndShapeInfo *info;
+  RETURN_IF(g_api->GetTensorTypeAndShape(x, &info));
+  size_t rank;
+  int64_t dims[8];
+  RETURN_IF(g_api->GetDimensionsCount(info, &rank));
+  if (rank < 1 || rank > 8) {
+    g_api->ReleaseTensorTypeAndShapeInfo(info);
+    return g_api->CreateStatus(ORT_INVALID_ARGUMENT, "QMatMul: X must have rank 1 to 8");
+  }
+  RETURN_IF(g_api->GetDimensions(info, dims, rank));
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  if (dims[rank - 1] != kern->k) return g_api->CreateStatus(ORT_INVALID_ARGUMENT, "QMatMul: X's last dimension is not K");
+  int64_t m = 1;
+  for (size_t i = 0; i + 1 < rank; i++) m *= dims[i];
+
+  size_t m_count;
+  RETURN_IF(g_api->GetTensorTypeAndShape(mw, &info));
+  RETURN_IF(g_api->GetTensorShapeElementCount(info, &m_count));
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+
+  dims[rank - 1] = kern->n;
+  OrtValue *y;
+  RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, dims, rank, &y));
+  float *yp;
+  RETURN_IF(g_api->GetTensorMutableData(y, (void **)&yp));
+  if (m == 0) return NULL;
+
+  const float *xp;
+  const void *wp, *dwp, *mwp;
+  RETURN_IF(g_api->GetTensorData(x, (const void **)&xp));
+  RETURN_IF(g_api->GetTensorData(w, &wp));
+  RETURN_IF(g_api->GetTensorData(dw, &dwp));
+  RETURN_IF(g_api->GetTensorData(mw, &mwp));
+
+  int64_t nb = kern->k / QK;
+  void *buf = malloc((size_t)(2 * m * kern->k + m * nb * 3 * 4));
+  if (!buf) return g_api->CreateStatus(ORT_FAIL, "QMatMul: out of memory");
+  QAct act;
+  act.d = (float *)buf;
+  act.s = act.d + m * nb;
+  act.sum = (int32_t *)(act.s + m * nb);
+  act.q = (int8_t *)(act.sum + m * nb);
+  act.q2 = kern->precise ? act.q + m * kern->k : NULL;
+  quantize_rows(xp, m, kern->k, &act);
+
+  Job job = {kern, (const uint8_t *)wp, (const float *)dwp, m_count ? (const float *)mwp : NULL, &act, yp, m};
+  OrtStatus *st = g_api->KernelContext_ParallelFor(ctx, run_group, (size_t)TASKS(kern->n), 0, &job);
+  free(buf);
+  return st;
+}
+
+static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out) {
+  (void)op;
+  QKernel *kern = (QKernel *)calloc(1, sizeof(QKernel));
+  if (!kern) return api->CreateStatus(ORT_FAIL, "QMatMul: out of memory");
+  OrtStatus *st = NULL;
+  if ((st = api->KernelInfoGetAttribute_int64(info, "K", &kern->k)) ||
+      (st = api->KernelInfoGetAttribute_int64(info, "N", &kern->n)) ||
+      (st = api->KernelInfoGetAttribute_int64(info, "bits", &kern->bits)) ||
+      (st = api->KernelInfoGetAttribute_int64(info, "zero_point", &kern->zero_point)) ||
+      (st = api->KernelInfoGetAttribute_int64(info, "precise", &kern->precise))) {
+    free(kern);
+    return st;
+  }
+  if (kern->k <= 0 || kern->k % QK || kern->n <= 0 || (kern->bits != 4 && kern->bits != 8)) {
+    free(kern);
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, "QMatMul: K must be a positive multiple of 32, N positive, bits 4 or 8");
+  }
+  *out = kern;
+  return NULL;
+}
+
+static void destroy_kernel(void *k) { free(k); }
+static const char *op_name(const OrtCustomOp *op) { (void)op; return "QMatMul"; }
+static const char *op_provider(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
+static ONNXTensorElementDataType input_type(const OrtCustomOp *op, size_t i) {
+  (void)op;
+  return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+static size_t input_count(const OrtCustomOp *op) { (void)op; return 4; }
+static ONNXTensorElementDataType output_type(const OrtCustomOp *op, size_t i) {
+  (void)op; (void)i;
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+static size_t output_count(const OrtCustomOp *op) { (void)op; return 1; }
+static OrtCustomOpInputOutputCharacteristic io_required(const OrtCustomOp *op, size_t i) {
+  (void)op; (void)i;
+  return INPUT_OUTPUT_REQUIRED;
+}
+static OrtMemType input_mem(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return OrtMemTypeDefault; }
+
+static int start_version(const OrtCustomOp *op) { (void)op; return 1; }
+static int end_version(const OrtCustomOp *op) { (void)op; return 1 << 30; }
+
+static OrtCustomOp g_op;
+static OrtCustomOpDomain *g_domain;
+
+OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
+  /* Everything used here exists since API 17 (onnxruntime 1.17), and OrtApi only grows, so
+   * asking for 17 works with any newer runtime, whatever header version this was built with. */
+  g_api = base->GetApi(QMM_ORT_API);
+  if (!g_api) return NULL; /* older runtime: QMatMul stays unknown and the session says so */
+  memset(&g_op, 0, sizeof(g_op));
+  g_op.version = QMM_ORT_API;
+  g_op.CreateKernelV2 = create_kernel;
+  g_op.KernelComputeV2 = compute;
+  g_op.KernelDestroy = destroy_kernel;
+  g_op.GetName = op_name;
+  g_op.GetExecutionProviderType = op_provider;
+  g_op.GetInputType = input_type;
+  g_op.GetInputTypeCount = input_count;
+  g_op.GetOutputType = output_type;
+  g_op.GetOutputTypeCount = output_count;
+  g_op.GetInputCharacteristic = io_required;
+  g_op.GetOutputCharacteristic = io_required;
+  g_op.GetInputMemoryType = input_mem;
+  g_op.GetStartVersion = start_version;
+  g_op.GetEndVersion = end_version;
+  if (!g_domain) RETURN_IF(g_api->CreateCustomOpDomain("edged.llm", &g_domain));
+  static int added;
+  if (!added) {
+    RETURN_IF(g_api->CustomOpDomain_Add(g_domain, &g_op));
+    added = 1;
+  }
+  return g_api->AddCustomOpDomain(options, g_domain);
+}
