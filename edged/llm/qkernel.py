@@ -34,8 +34,8 @@ class Packed:
     """QMatMul's inputs 1-3 and attributes for one weight matrix."""
 
     codes: np.ndarray  # uint8 [G, nb, steps, 64], G = ceil(N / 16)
-    scales: np.ndarray  # float32 [G, nb, 16]
-    mins: np.ndarray  # float32 [G, nb, 16], or [0] when the type has none
+    scales: np.ndarray  # float16 [G, nb, 16]
+    mins: np.ndarray  # float16 [G, nb, 16], or [0] when the type has none
     k: int
     n: int
     bits: int
@@ -53,10 +53,16 @@ def _padded(a: np.ndarray) -> np.ndarray:
 
 
 def _grouped(a: np.ndarray) -> np.ndarray:
-    """[N, nb] per-block values -> [G, nb, 16]."""
+    """[N, nb] per-block values (fp16 numbers) -> fp16 [G, nb, 16]."""
     a = _padded(a)
     n, nb = a.shape
-    return np.ascontiguousarray(a.reshape(n // ROWS, ROWS, nb).transpose(0, 2, 1).astype(np.float32))
+    return np.ascontiguousarray(a.reshape(n // ROWS, ROWS, nb).transpose(0, 2, 1).astype(np.float16))
+
+
+def ggml_mins(w: "quant.BlockQuant") -> np.ndarray:
+    """Q4_1's per-block min m (``w = d q + m``), recovered exactly: ``corr - d zp`` is within far
+    less than half an fp16 step of GGUF's fp16 m, so rounding to fp16 gives m back."""
+    return (w.corr.astype(np.float64) - w.scale.astype(np.float64) * w.zp).astype(np.float16)
 
 
 def pack(w: "quant.BlockQuant") -> Packed:
@@ -75,10 +81,10 @@ def pack(w: "quant.BlockQuant") -> Packed:
     packed = np.ascontiguousarray(packed.transpose(0, 1, 3, 2, 4).reshape(g, nb, steps, 64).astype(np.uint8))
     if w.source == "Q4_1":
         # w = d * q + m: codes are q itself, the ggml min is carried separately
-        mins = _grouped(w.corr.astype(np.float64) - w.scale.astype(np.float64) * w.zp)
+        mins = _grouped(ggml_mins(w))
         zero_point = 0
     else:
-        mins = np.zeros(0, np.float32)
+        mins = np.zeros(0, np.float16)
         zero_point = 8 if w.source == "Q4_0" else 128
     return Packed(packed, _grouped(w.scale), mins, k, n, w.bits, zero_point)
 
@@ -127,7 +133,7 @@ def reference(x: np.ndarray, w: "quant.BlockQuant", precise: bool = False) -> np
     codes = w.q.reshape(n, nb, quant.QK).astype(np.int64)
     if w.source == "Q4_1":
         signed = codes
-        mins = w.corr.astype(np.float64) - w.scale.astype(np.float64) * w.zp
+        mins = ggml_mins(w).astype(np.float64)
     else:
         signed = codes - (8 if w.source == "Q4_0" else 128)
         mins = None

@@ -208,3 +208,11 @@ def test_a_download_that_does_not_match_its_checksum_is_refused(tmp_path):
     finally:
         server.shutdown()
     assert not (tmp_path / "cache").exists()
+
+
+def test_q4_1_mins_are_ggufs_own_fp16_values():
+    rng = np.random.default_rng(2)
+    raw = _raw_blocks(rng, 64, 256, "Q4_1")
+    w = quant.decode_blocks(raw, quant.Q4_1, 256)
+    gguf_m = raw.reshape(64, 8, 20)[..., 2:4].copy().view(np.float16)[..., 0]
+    np.testing.assert_array_equal(qkernel.ggml_mins(w), gguf_m)

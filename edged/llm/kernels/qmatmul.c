@@ -14,8 +14,8 @@
  * Inputs   X float [..., K]
  *          W uint8 [G, K/32, S, 64]  weight codes of 16 rows side by side (qkernel.pack), G = ceil(N/16)
  *                                     groups, the last one padded: S = 4 for 4-bit, 8 for 8-bit
- *          D float [G, K/32, 16]     per-block scales d_w
- *          M float [G, K/32, 16]     per-block mins m_w (Q4_1), a [0] tensor otherwise
+ *          D fp16 [G, K/32, 16]      per-block scales d_w (GGUF's fp16, so no more bytes than GGUF)
+ *          M fp16 [G, K/32, 16]      per-block mins m_w (Q4_1), a [0] tensor otherwise
  * Attrs    K, N, bits (4 | 8), zero_point (codes are q_w + zero_point: 0 for Q4_1, 8 for Q4_0,
  *          128 for Q8_0), precise (0 | 1)
  * Output   Y float [..., N]
@@ -53,6 +53,20 @@ static float fp16_round(float f) {
   return (float)(_Float16)f;
 #endif
 }
+
+static inline float half(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  _Float16 f;
+  memcpy(&f, &h, 2);
+  return (float)f;
+#endif
+}
+
+#ifdef QMM_AVX512
+static inline __m512 half16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+#endif
 
 static int32_t round_half_even(float v) {
   /* llama.cpp rounds with _mm256_round_ps(_MM_ROUND_NEAREST): ties to even */
@@ -117,7 +131,7 @@ static void quantize_rows(const float *x, int64_t m, int64_t k, QAct *a) {
 typedef struct {
   const QKernel *kern;
   const uint8_t *w;
-  const float *dw, *mw;
+  const uint16_t *dw, *mw; /* fp16, as GGUF stores them */
   const QAct *act;
   float *y;
   int64_t m;
@@ -184,9 +198,9 @@ static inline __attribute__((always_inline)) void run_pair_impl(const Job *job, 
         __m512i is = _mm512_add_epi32(isa[j], isb[j]);
         if (precise) is = _mm512_add_epi32(_mm512_slli_epi32(is, 7), _mm512_add_epi32(isc[j], isd[j]));
         if (zp) is = _mm512_sub_epi32(is, _mm512_set1_epi32((int32_t)(zp * job->act->sum[ab])));
-        __m512 dd = _mm512_mul_ps(_mm512_loadu_ps(job->dw + gb * ROWS), da);
+        __m512 dd = _mm512_mul_ps(half16(job->dw + gb * ROWS), da);
         acc[j] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(is), acc[j]);
-        if (job->mw) macc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(job->mw + gb * ROWS), _mm512_set1_ps(job->act->s[ab]), macc[j]);
+        if (job->mw) macc[j] = _mm512_fmadd_ps(half16(job->mw + gb * ROWS), _mm512_set1_ps(job->act->s[ab]), macc[j]);
       }
     }
     for (int j = 0; j < ng; j++) {
@@ -236,8 +250,8 @@ static void run_group(void *user, size_t g) {
             }
           }
         is -= (int32_t)(kern->zero_point * job->act->sum[ab]);
-        acc[row] += job->dw[gb * ROWS + row] * job->act->d[ab] * (float)is;
-        if (job->mw) macc[row] += job->mw[gb * ROWS + row] * job->act->s[ab];
+        acc[row] += half(job->dw[gb * ROWS + row]) * job->act->d[ab] * (float)is;
+        if (job->mw) macc[row] += half(job->mw[gb * ROWS + row]) * job->act->s[ab];
       }
     }
     for (int row = 0; row < ROWS && (int64_t)g * ROWS + row < kern->n; row++)
@@ -308,7 +322,7 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *ctx) {
   act.q2 = kern->precise ? act.q + m * kern->k : NULL;
   quantize_rows(xp, m, kern->k, &act);
 
-  Job job = {kern, (const uint8_t *)wp, (const float *)dwp, m_count ? (const float *)mwp : NULL, &act, yp, m};
+  Job job = {kern, (const uint8_t *)wp, (const uint16_t *)dwp, m_count ? (const uint16_t *)mwp : NULL, &act, yp, m};
   OrtStatus *st = g_api->KernelContext_ParallelFor(ctx, run_group, (size_t)TASKS(kern->n), 0, &job);
   free(buf);
   return st;
@@ -340,7 +354,8 @@ static const char *op_name(const OrtCustomOp *op) { (void)op; return "QMatMul"; 
 static const char *op_provider(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
 static ONNXTensorElementDataType input_type(const OrtCustomOp *op, size_t i) {
   (void)op;
-  return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  return i == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
+                : i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
 }
 static size_t input_count(const OrtCustomOp *op) { (void)op; return 4; }
 static ONNXTensorElementDataType output_type(const OrtCustomOp *op, size_t i) {
