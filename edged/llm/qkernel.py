@@ -262,6 +262,32 @@ _ISA_PREFIXES = ("avx", "sse", "ssse", "fma", "f16c", "bmi", "amx", "vaes", "vpc
                  "popcnt", "movbe", "adx", "abm", "lzcnt", "rdrand", "rdseed", "xsave", "clwb", "clflushopt")
 
 
+SIMD_PATHS = ("avx512-vnni",)  # inner loops faster than onnxruntime's own kernels
+
+
+def check_worthwhile(progress: bool = False) -> str:
+    """Compile the op for this CPU in a scratch folder; its inner loop's name when that loop is
+    faster than onnxruntime's kernels, else :class:`KernelBuildError` saying why."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edged-qmatmul-") as tmp:
+        path = library_path(compile_library(Path(tmp) / LIBRARY, progress=progress))
+    if path not in SIMD_PATHS:
+        raise KernelBuildError(f"this CPU gets QMatMul's {path} loop (no AVX-512 VNNI), which is slower than "
+                               "onnxruntime's own kernels")
+    return path
+
+
+def library_path(library: Path) -> str:
+    """The inner loop a compiled library runs: "avx512-vnni" or "portable" (plain C: correct, but
+    slower than onnxruntime's MatMulNBits, so `edged models pull --kernel auto` does not use it)."""
+    import ctypes
+
+    fn = ctypes.CDLL(str(library)).qmatmul_path
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
+
+
 def cpu_signature() -> str:
     """What a ``-march=native`` build depends on: the architecture and its instruction-set flags."""
     import hashlib

@@ -112,3 +112,16 @@ def test_pull_kernel_errors(pull_cli, capsys, tmp_path, monkeypatch):
     assert run() == 0  # auto: says why, then builds onnxruntime's graph
     assert "building without the QMatMul kernel" in capsys.readouterr().err
     assert manifest.verify(models / "smollm2-135m")["build"]["kernel"] == ""
+
+
+def test_pull_auto_skips_a_kernel_slower_than_onnxruntimes(pull_cli, capsys, monkeypatch):
+    """A CPU without AVX-512 VNNI gets the portable loop: auto builds without it, yes with it."""
+    from edged.llm import qkernel
+
+    run, models, _ = pull_cli
+    monkeypatch.setattr(qkernel, "SIMD_PATHS", ())  # as if this CPU had no fast loop
+    assert run() == 0
+    assert "slower than onnxruntime's own kernels" in capsys.readouterr().err
+    assert manifest.verify(models / "smollm2-135m")["build"]["kernel"] == ""
+    assert run("--kernel", "yes") == 0
+    assert manifest.verify(models / "smollm2-135m")["build"]["kernel"] == "precise"

@@ -216,3 +216,13 @@ def test_q4_1_mins_are_ggufs_own_fp16_values():
     w = quant.decode_blocks(raw, quant.Q4_1, 256)
     gguf_m = raw.reshape(64, 8, 20)[..., 2:4].copy().view(np.float16)[..., 0]
     np.testing.assert_array_equal(qkernel.ggml_mins(w), gguf_m)
+
+
+def test_each_build_says_which_loop_it_runs(libraries):
+    import re
+
+    cpu = open("/proc/cpuinfo").read()
+    native_simd = bool(re.search(r"\bavx512_vnni\b", cpu)) and bool(re.search(r"\bavx512bw\b", cpu))
+    assert qkernel.library_path(libraries["native"]) == ("avx512-vnni" if native_simd else "portable")
+    if "x86-64-v2" in libraries:
+        assert qkernel.library_path(libraries["x86-64-v2"]) == "portable"

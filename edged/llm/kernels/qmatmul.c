@@ -369,6 +369,15 @@ static OrtCustomOpInputOutputCharacteristic io_required(const OrtCustomOp *op, s
 }
 static OrtMemType input_mem(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return OrtMemTypeDefault; }
 
+/* Which inner loop this build runs: edged.llm.qkernel.library_path() asks before using the build. */
+const char *qmatmul_path(void) {
+#ifdef QMM_AVX512
+  return "avx512-vnni";
+#else
+  return "portable";
+#endif
+}
+
 static int start_version(const OrtCustomOp *op) { (void)op; return 1; }
 static int end_version(const OrtCustomOp *op) { (void)op; return 1 << 30; }
 
