@@ -93,8 +93,17 @@ def is_current(out_dir: Path, source_sha256: str, options: BuildOptions) -> bool
         doc = manifest.verify(out_dir)
     except manifest.ManifestError:
         return False
-    return (doc.get("source", {}).get("sha256") == source_sha256
-            and doc.get("build") == {"version": BUILD_VERSION, **asdict(options)})
+    if not (doc.get("source", {}).get("sha256") == source_sha256
+            and doc.get("build") == {"version": BUILD_VERSION, **asdict(options)}):
+        return False
+    if options.kernel:  # a kernel compiled for another CPU is rebuilt for this one
+        from .qkernel import cpu_signature
+        try:
+            info = json.loads((out_dir / "model.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return info.get("cpu") == cpu_signature()
+    return True
 
 
 def build(gguf_path: str | Path, out_dir: str | Path, options: BuildOptions = BuildOptions(),

@@ -110,9 +110,12 @@ class Engine:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if info.get("custom_ops"):  # verified with the manifest above
+        if info.get("custom_ops"):  # op libraries: files of the manifest (hashed above unless verify=False)
             from .qkernel import cpu_signature
 
+            listed = set(self.manifest.get("files", {}))
+            if any(Path(lib).name != lib or lib not in listed for lib in info["custom_ops"]):
+                raise manifest.ManifestError(f"{self.model_dir}: model.json names op libraries outside its manifest")
             if info.get("cpu") != cpu_signature():
                 raise manifest.ManifestError(
                     f"{self.model_dir}: its QMatMul kernel was compiled for another CPU ({info.get('cpu')}, this one is "

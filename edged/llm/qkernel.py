@@ -26,6 +26,7 @@ import numpy as np
 from . import quant
 
 ROWS = 16  # weight rows per group (one 512-bit register of int32 sums)
+TINY = 1e-30  # blocks whose largest |x| is below this count as zeros (qmatmul.c's TINY)
 DOMAIN = "edged.llm"
 
 
@@ -99,6 +100,7 @@ def _q8(x: np.ndarray):
     m, k = x.shape
     xb = x.reshape(m, k // quant.QK, quant.QK)
     amax = np.abs(xb).max(-1)
+    amax = np.where(amax < np.float32(TINY), np.float32(0), amax)  # 127 / amax would overflow
     with np.errstate(divide="ignore"):
         inv = np.where(amax != 0, np.float32(127) / np.where(amax != 0, amax, 1), 0).astype(np.float32)
     return xb, amax / np.float32(127), np.rint(xb * inv[..., None]).astype(np.int32)  # rint: ties to even
@@ -176,42 +178,53 @@ def _has_headers(folder: Path) -> bool:
 def fetch_headers(cache: Path | None = None, url: str = HEADERS_URL, sha256: str = HEADERS_SHA256,
                   progress: bool = False) -> Path:
     """onnxruntime's C headers in ``cache`` (default :func:`header_cache`), downloaded once."""
-    import hashlib
     import tarfile
     import tempfile
-    import urllib.request
 
     cache = Path(cache or header_cache())
     if _has_headers(cache):
         return cache
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".ort-include-", dir=cache.parent) as tmp:
-        part = Path(tmp) / "package.tgz"
-        digest = hashlib.sha256()
-        try:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
-                total = int(resp.headers.get("Content-Length") or 0)
-                bar = _bar(progress, total)
-                while chunk := resp.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-                if bar is not None:
-                    bar.close()
-        except OSError as exc:
-            raise KernelBuildError(f"downloading onnxruntime's C headers from {url} failed: {exc}") from None
-        if digest.hexdigest() != sha256:
-            raise KernelBuildError(f"{url}: sha256 {digest.hexdigest()} is not the pinned {sha256}")
-        found = Path(tmp) / "include"
-        found.mkdir()
-        with tarfile.open(part, "r:gz") as tar:
-            for name in HEADERS:
-                src = tar.extractfile(HEADERS_MEMBER_DIR + name)
-                (found / name).write_bytes(src.read())
-        shutil.rmtree(cache, ignore_errors=True)
-        os.replace(found, cache)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".ort-include-", dir=cache.parent) as tmp:
+            part = Path(tmp) / "package.tgz"
+            got = _download(url, part, progress)
+            if got != sha256:
+                raise KernelBuildError(f"{url}: sha256 {got} is not the pinned {sha256}")
+            found = Path(tmp) / "include"
+            found.mkdir()
+            with tarfile.open(part, "r:gz") as tar:
+                for name in HEADERS:
+                    src = tar.extractfile(HEADERS_MEMBER_DIR + name)
+                    if src is None:
+                        raise KeyError(name)
+                    (found / name).write_bytes(src.read())
+            try:
+                os.replace(found, cache)  # atomic; fails if another process filled the cache first
+            except OSError:
+                if not _has_headers(cache):
+                    raise
+    except (OSError, tarfile.TarError, KeyError) as exc:
+        raise KernelBuildError(f"fetching onnxruntime's C headers from {url} into {cache} failed: {exc}") from None
     return cache
+
+
+def _download(url: str, path: Path, progress: bool) -> str:
+    """``url`` into ``path``; its sha256."""
+    import hashlib
+    import urllib.request
+
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as out:
+        bar = _bar(progress, int(resp.headers.get("Content-Length") or 0))
+        while chunk := resp.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+    return digest.hexdigest()
 
 
 def _bar(enabled: bool, total: int):
@@ -238,19 +251,27 @@ def ort_include_dir(fetch: bool = True, progress: bool = False) -> Path:
     return fetch_headers(progress=progress)
 
 
-def compiler() -> str:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise KernelBuildError("no C compiler (cc or gcc) on PATH: install gcc, or build without the kernel")
+def compiler() -> list[str]:
+    """The C compiler's command words: ``$CC`` (may carry flags), else cc or gcc on PATH."""
+    import shlex
+
+    cc = shlex.split(os.environ.get("CC", "")) or [c for c in (shutil.which("cc") or shutil.which("gcc"),) if c]
+    if not cc or not shutil.which(cc[0]):
+        raise KernelBuildError(f"no C compiler ({' '.join(cc) if cc else 'cc or gcc'} not found): install gcc, "
+                               "or build without the kernel (--kernel no)")
     return cc
 
 
 def compile_library(out: Path, include: Path | None = None, march: str = "native", progress: bool = False) -> Path:
     """Compile :data:`SOURCE` into ``out`` for this CPU (``-march=native``) or another target."""
     include = include or ort_include_dir(progress=progress)
-    cmd = [compiler(), "-O3", f"-march={march}", "-std=gnu11", "-shared", "-fPIC", f"-I{include}",
-           str(SOURCE), "-o", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # -ffp-contract=off: no fused multiply-adds, so the codes are the numpy reference's exactly
+    cmd = [*compiler(), "-O3", f"-march={march}", "-ffp-contract=off", "-std=gnu11", "-shared", "-fPIC",
+           f"-I{include}", str(SOURCE), "-o", str(out)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as exc:
+        raise KernelBuildError(f"running {cmd[0]} failed: {exc}") from None
     if done.returncode:
         raise KernelBuildError(f"compiling {SOURCE.name} failed ({' '.join(cmd)}):\n{done.stderr.strip()[-2000:]}")
     return out
@@ -259,7 +280,7 @@ def compile_library(out: Path, include: Path | None = None, march: str = "native
 # x86 flags that name instruction sets a -march=native build may use (the rest -- hypervisor,
 # frequency, bug bits -- can differ between boots of the same machine)
 _ISA_PREFIXES = ("avx", "sse", "ssse", "fma", "f16c", "bmi", "amx", "vaes", "vpclmul", "gfni", "sha", "aes",
-                 "popcnt", "movbe", "adx", "abm", "lzcnt", "rdrand", "rdseed", "xsave", "clwb", "clflushopt")
+                 "popcnt", "movbe", "adx", "abm", "lzcnt")
 
 
 SIMD_PATHS = ("avx512-vnni",)  # inner loops faster than onnxruntime's own kernels
@@ -270,11 +291,14 @@ def check_worthwhile(progress: bool = False) -> str:
     faster than onnxruntime's kernels, else :class:`KernelBuildError` saying why."""
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="edged-qmatmul-") as tmp:
-        path = library_path(compile_library(Path(tmp) / LIBRARY, progress=progress))
+    try:
+        with tempfile.TemporaryDirectory(prefix="edged-qmatmul-") as tmp:
+            path = library_path(compile_library(Path(tmp) / LIBRARY, progress=progress))
+    except OSError as exc:
+        raise KernelBuildError(f"a scratch build of the kernel failed: {exc}") from None
     if path not in SIMD_PATHS:
         raise KernelBuildError(f"this CPU gets QMatMul's {path} loop (no AVX-512 VNNI), which is slower than "
-                               "onnxruntime's own kernels")
+                               "onnxruntime's own kernels (--kernel yes builds it anyway)")
     return path
 
 
@@ -283,7 +307,10 @@ def library_path(library: Path) -> str:
     slower than onnxruntime's MatMulNBits, so `edged models pull --kernel auto` does not use it)."""
     import ctypes
 
-    fn = ctypes.CDLL(str(library)).qmatmul_path
+    try:
+        fn = ctypes.CDLL(str(library)).qmatmul_path
+    except (OSError, AttributeError) as exc:  # e.g. a noexec temporary folder
+        raise KernelBuildError(f"loading {library} failed: {exc}") from None
     fn.restype = ctypes.c_char_p
     return fn().decode()
 

@@ -78,7 +78,7 @@ def _activations(rng, m: int, k: int) -> np.ndarray:
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("precise", [False, True], ids=["llama", "precise"])
 @pytest.mark.parametrize("source", ["Q4_1", "Q4_0", "Q8_0"])
-@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("m", [1, 5, 17])
 def test_kernel_equals_its_reference(libraries, target, precise, source, m):
     rng = np.random.default_rng(7)
     w = _weight(rng, 3 * 16 + 5, 96, source)  # 4 row groups, the last one 5 rows: an odd pair and padding
@@ -226,3 +226,90 @@ def test_each_build_says_which_loop_it_runs(libraries):
     assert qkernel.library_path(libraries["native"]) == ("avx512-vnni" if native_simd else "portable")
     if "x86-64-v2" in libraries:
         assert qkernel.library_path(libraries["x86-64-v2"]) == "portable"
+
+
+def _session_with(library, w: quant.BlockQuant, **override):
+    """A QMatMul session whose inputs or attributes are replaced by ``override``."""
+    p = qkernel.pack(w)
+    tensors = {"W": p.codes, "D": p.scales, "M": p.mins}
+    attrs = dict(K=p.k, N=p.n, bits=p.bits, zero_point=p.zero_point, precise=1)
+    for key, value in override.items():
+        (tensors if key in tensors else attrs)[key] = value
+    node = helper.make_node("QMatMul", ["X", "W", "D", "M"], ["Y"], domain=qkernel.DOMAIN, **attrs)
+    graph = helper.make_graph(
+        [node], "qmatmul", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["m", p.k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["m", attrs["N"]])],
+        [numpy_helper.from_array(v, k) for k, v in tensors.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(qkernel.DOMAIN, 1)])
+    model.ir_version = 10
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(str(library))
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("override", [
+    {"W": np.zeros(64, np.uint8)},                      # codes for fewer rows than N
+    {"D": np.zeros((1, 2, 16), np.float16)},           # scales too short
+    {"M": np.zeros((1, 1, 16), np.float16)},           # mins too short
+    {"M": np.zeros(0, np.float16)},                    # a Q4_1 matrix without its mins
+    {"bits": 8},                                       # 8-bit codes read from a 4-bit buffer
+], ids=["W", "D", "M-short", "M-missing", "bits"])
+def test_weights_of_the_wrong_size_are_an_error_not_a_wild_read(libraries, override):
+    w = _weight(np.random.default_rng(0), 40, 64, "Q4_1")
+    x = np.ones((1, 64), np.float32)
+    with pytest.raises(Exception, match="QMatMul"):
+        _session_with(libraries["native"], w, **override).run(None, {"X": x})
+
+
+@pytest.mark.parametrize("override", [{"zero_point": 5}, {"precise": 2}, {"K": 40}])
+def test_bad_attributes_are_refused_when_the_session_is_made(libraries, override):
+    w = _weight(np.random.default_rng(0), 16, 64, "Q4_1")
+    with pytest.raises(Exception, match="QMatMul: K must be"):
+        _session_with(libraries["native"], w, **override)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_nan_and_infinity_propagate_as_in_fp32(libraries, target):
+    w = _weight(np.random.default_rng(4), 16, 96, "Q8_0")
+    x = np.random.default_rng(4).standard_normal((3, 96)).astype(np.float32)
+    x[0, 40], x[1, 70] = np.nan, np.inf
+    x[2, :32] = 1e-44  # subnormal block: 127 / amax would overflow; it counts as zeros
+    y = _session(libraries[target], w, True).run(None, {"X": x})[0]
+    assert np.isnan(y[0]).all() and np.isnan(y[1]).all()
+    assert np.isfinite(y[2]).all()
+    np.testing.assert_allclose(y[2], qkernel.reference(x[2:], w, precise=True)[0], rtol=0, atol=1e-5)
+
+
+def test_a_pull_on_another_cpu_rebuilds_the_kernel(tiny_kernel_models, tmp_path, monkeypatch):
+    src, _ = tiny_kernel_models
+    out = tmp_path / "m"
+    build(src, out, BuildOptions(kernel="precise"))
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    build(src, out, BuildOptions(kernel="precise"))  # current: left alone
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+    monkeypatch.setattr(qkernel, "cpu_signature", lambda: "x86_64:another")
+    build(src, out, BuildOptions(kernel="precise"))
+    assert json.loads((out / "model.json").read_text())["cpu"] == "x86_64:another"
+
+
+def test_engine_loads_only_libraries_its_manifest_lists(tiny_kernel_models, tmp_path):
+    import shutil
+
+    _, dirs = tiny_kernel_models
+    moved = tmp_path / "moved"
+    shutil.copytree(dirs["precise"], moved)
+    info = json.loads((moved / "model.json").read_text())
+    info["custom_ops"] = ["/tmp/elsewhere.so"]
+    (moved / "model.json").write_text(json.dumps(info))
+    with pytest.raises(manifest.ManifestError, match="op libraries outside its manifest"):
+        Engine(moved, threads=1, warm=False, verify=False)
+
+
+def test_build_errors_are_kernel_build_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(qkernel.KernelBuildError, match="no C compiler"):
+        qkernel.compiler()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(qkernel.KernelBuildError, match="fetching onnxruntime's C headers"):
+        qkernel.fetch_headers(blocker / "cache", url="http://127.0.0.1:9/none.tgz")  # parent is a file

@@ -20,6 +20,8 @@
  *          128 for Q8_0), precise (0 | 1)
  * Output   Y float [..., N]
  */
+#include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +36,7 @@
 #endif
 
 #define QMM_ORT_API 17
+#define TINY 1e-30f /* blocks whose largest |x| is below this count as zeros */
 #define QK 32
 #define ROWS 16 /* rows of W per group: one 512-bit register of int32 sums */
 #define GROUPS(n) (((n) + ROWS - 1) / ROWS)
@@ -68,6 +71,13 @@ static inline float half(uint16_t h) {
 static inline __m512 half16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 #endif
 
+/* 4 activation bytes as one int32 (memcpy: no type punning) */
+static inline int32_t four(const int8_t *p) {
+  int32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
 static int32_t round_half_even(float v) {
   /* llama.cpp rounds with _mm256_round_ps(_MM_ROUND_NEAREST): ties to even */
   float r = __builtin_rintf(v); /* default rounding mode: nearest, ties to even */
@@ -88,10 +98,20 @@ static void quantize_rows(const float *x, int64_t m, int64_t k, QAct *a) {
     for (int64_t b = 0; b < nb; b++) {
       const float *xb = x + r * k + b * QK;
       float amax = 0.0f;
+      int finite = 1;
       for (int i = 0; i < QK; i++) {
-        float v = xb[i] < 0 ? -xb[i] : xb[i];
+        float v = fabsf(xb[i]);
+        finite &= isfinite(v);
         amax = v > amax ? v : amax;
       }
+      if (!finite) { /* a NaN or an infinity: the block's products are NaN, as fp32's would be */
+        memset(a->q + r * k + b * QK, 0, QK);
+        if (a->q2) memset(a->q2 + r * k + b * QK, 0, QK);
+        a->d[r * nb + b] = a->s[r * nb + b] = NAN;
+        a->sum[r * nb + b] = 0;
+        continue;
+      }
+      if (amax < TINY) amax = 0.0f; /* 127 / amax would overflow: such a block adds nothing anyway */
       float d = amax / 127.f;
       float id = amax != 0.0f ? 127.f / amax : 0.0f;
       int32_t sum = 0;
@@ -105,7 +125,7 @@ static void quantize_rows(const float *x, int64_t m, int64_t k, QAct *a) {
         /* precise: x = d/128 * (128 q + q2) to within d/256: the residual x - d q (at most d/2)
          * in units of d/128 fits int8 */
         int8_t *rb = a->q2 + r * k + b * QK;
-        float unit = d / 128.f, inv = amax != 0.0f ? 1.0f / unit : 0.0f, xs = 0.0f;
+        float unit = d / 128.f, inv = unit != 0.0f ? 1.0f / unit : 0.0f, xs = 0.0f; /* unit: 0 if amax is subnormal */
         for (int i = 0; i < QK; i++) {
           int32_t q2 = round_half_even((xb[i] - d * (float)qb[i]) * inv);
           q2 = q2 > 127 ? 127 : (q2 < -127 ? -127 : q2);
@@ -158,10 +178,10 @@ static inline __attribute__((always_inline)) void run_pair_impl(const Job *job, 
       for (int j = 0; j < GP; j++) isa[j] = isb[j] = isc[j] = isd[j] = _mm512_setzero_si512();
       if (kern->bits == 4) {
         for (int s = 0; s < 4; s++) {
-          __m512i a0 = _mm512_set1_epi32(*(const int32_t *)(ap + 8 * s));
-          __m512i a1 = _mm512_set1_epi32(*(const int32_t *)(ap + 8 * s + 4));
-          __m512i r0 = precise ? _mm512_set1_epi32(*(const int32_t *)(rp + 8 * s)) : a0;
-          __m512i r1 = precise ? _mm512_set1_epi32(*(const int32_t *)(rp + 8 * s + 4)) : a1;
+          __m512i a0 = _mm512_set1_epi32(four(ap + 8 * s));
+          __m512i a1 = _mm512_set1_epi32(four(ap + 8 * s + 4));
+          __m512i r0 = precise ? _mm512_set1_epi32(four(rp + 8 * s)) : a0;
+          __m512i r1 = precise ? _mm512_set1_epi32(four(rp + 8 * s + 4)) : a1;
           for (int j = 0; j < ng; j++) {
             const uint8_t *wp = job->w + ((g0 + j) * nb + b) * 256 + s * 64;
             __m512i w = _mm512_loadu_si512((const void *)wp);
@@ -176,10 +196,10 @@ static inline __attribute__((always_inline)) void run_pair_impl(const Job *job, 
         }
       } else {
         for (int s = 0; s < 8; s += 2) {
-          __m512i a0 = _mm512_set1_epi32(*(const int32_t *)(ap + 4 * s));
-          __m512i a1 = _mm512_set1_epi32(*(const int32_t *)(ap + 4 * s + 4));
-          __m512i r0 = precise ? _mm512_set1_epi32(*(const int32_t *)(rp + 4 * s)) : a0;
-          __m512i r1 = precise ? _mm512_set1_epi32(*(const int32_t *)(rp + 4 * s + 4)) : a1;
+          __m512i a0 = _mm512_set1_epi32(four(ap + 4 * s));
+          __m512i a1 = _mm512_set1_epi32(four(ap + 4 * s + 4));
+          __m512i r0 = precise ? _mm512_set1_epi32(four(rp + 4 * s)) : a0;
+          __m512i r1 = precise ? _mm512_set1_epi32(four(rp + 4 * s + 4)) : a1;
           for (int j = 0; j < ng; j++) {
             const uint8_t *wp = job->w + ((g0 + j) * nb + b) * 512 + s * 64;
             __m512i w0 = _mm512_loadu_si512((const void *)wp), w1 = _mm512_loadu_si512((const void *)(wp + 64));
@@ -269,6 +289,26 @@ static void run_group(void *user, size_t g) {
     if (st_) return st_;              \
   } while (0)
 
+/* Element count of a tensor, into *out. */
+static OrtStatus *element_count(const OrtValue *v, size_t *out) {
+  OrtTensorTypeAndShapeInfo *info;
+  RETURN_IF(g_api->GetTensorTypeAndShape(v, &info));
+  OrtStatus *st = g_api->GetTensorShapeElementCount(info, out);
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  return st;
+}
+
+/* X's dims into dims (rank 1 to 8), or an error. */
+static OrtStatus *shape_of(const OrtValue *v, int64_t *dims, size_t *rank) {
+  OrtTensorTypeAndShapeInfo *info;
+  RETURN_IF(g_api->GetTensorTypeAndShape(v, &info));
+  OrtStatus *st = g_api->GetDimensionsCount(info, rank);
+  if (!st && (*rank < 1 || *rank > 8)) st = g_api->CreateStatus(ORT_INVALID_ARGUMENT, "QMatMul: X must have rank 1 to 8");
+  if (!st) st = g_api->GetDimensions(info, dims, *rank);
+  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  return st;
+}
+
 static OrtStatus *compute(void *op_kernel, OrtKernelContext *ctx) {
   const QKernel *kern = (const QKernel *)op_kernel;
   const OrtValue *x, *w, *dw, *mw;
@@ -277,42 +317,39 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *ctx) {
   RETURN_IF(g_api->KernelContext_GetInput(ctx, 2, &dw));
   RETURN_IF(g_api->KernelContext_GetInput(ctx, 3, &mw));
 
-  OrtTensorTypeAndShapeInfo *info;
-  RETURN_IF(g_api->GetTensorTypeAndShape(x, &info));
   size_t rank;
   int64_t dims[8];
-  RETURN_IF(g_api->GetDimensionsCount(info, &rank));
-  if (rank < 1 || rank > 8) {
-    g_api->ReleaseTensorTypeAndShapeInfo(info);
-    return g_api->CreateStatus(ORT_INVALID_ARGUMENT, "QMatMul: X must have rank 1 to 8");
-  }
-  RETURN_IF(g_api->GetDimensions(info, dims, rank));
-  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  RETURN_IF(shape_of(x, dims, &rank));
   if (dims[rank - 1] != kern->k) return g_api->CreateStatus(ORT_INVALID_ARGUMENT, "QMatMul: X's last dimension is not K");
   int64_t m = 1;
   for (size_t i = 0; i + 1 < rank; i++) m *= dims[i];
 
-  size_t m_count;
-  RETURN_IF(g_api->GetTensorTypeAndShape(mw, &info));
-  RETURN_IF(g_api->GetTensorShapeElementCount(info, &m_count));
-  g_api->ReleaseTensorTypeAndShapeInfo(info);
+  /* the weights must be exactly the size K, N and bits say: the loops trust it */
+  const int64_t nb = kern->k / QK, cells = GROUPS(kern->n) * nb;
+  size_t w_count, d_count, m_count;
+  RETURN_IF(element_count(w, &w_count));
+  RETURN_IF(element_count(dw, &d_count));
+  RETURN_IF(element_count(mw, &m_count));
+  if ((int64_t)w_count != cells * (kern->bits == 4 ? 256 : 512) || (int64_t)d_count != cells * ROWS ||
+      (int64_t)m_count != (kern->zero_point == 0 ? cells * ROWS : 0))
+    return g_api->CreateStatus(ORT_INVALID_ARGUMENT,
+                               "QMatMul: W, D or M does not have the size K, N, bits and zero_point call for");
 
   dims[rank - 1] = kern->n;
   OrtValue *y;
   RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, dims, rank, &y));
-  float *yp;
-  RETURN_IF(g_api->GetTensorMutableData(y, (void **)&yp));
+  void *yv;
+  RETURN_IF(g_api->GetTensorMutableData(y, &yv));
   if (m == 0) return NULL;
 
-  const float *xp;
-  const void *wp, *dwp, *mwp;
-  RETURN_IF(g_api->GetTensorData(x, (const void **)&xp));
+  const void *xv, *wp, *dwp, *mwp;
+  RETURN_IF(g_api->GetTensorData(x, &xv));
   RETURN_IF(g_api->GetTensorData(w, &wp));
   RETURN_IF(g_api->GetTensorData(dw, &dwp));
   RETURN_IF(g_api->GetTensorData(mw, &mwp));
 
-  int64_t nb = kern->k / QK;
-  void *buf = malloc((size_t)(2 * m * kern->k + m * nb * 3 * 4));
+  const int64_t code_bytes = (kern->precise ? 2 : 1) * m * kern->k;
+  void *buf = malloc((size_t)(m * nb * 3 * 4 + code_bytes));
   if (!buf) return g_api->CreateStatus(ORT_FAIL, "QMatMul: out of memory");
   QAct act;
   act.d = (float *)buf;
@@ -320,9 +357,9 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *ctx) {
   act.sum = (int32_t *)(act.s + m * nb);
   act.q = (int8_t *)(act.sum + m * nb);
   act.q2 = kern->precise ? act.q + m * kern->k : NULL;
-  quantize_rows(xp, m, kern->k, &act);
+  quantize_rows((const float *)xv, m, kern->k, &act);
 
-  Job job = {kern, (const uint8_t *)wp, (const uint16_t *)dwp, m_count ? (const uint16_t *)mwp : NULL, &act, yp, m};
+  Job job = {kern, (const uint8_t *)wp, (const uint16_t *)dwp, m_count ? (const uint16_t *)mwp : NULL, &act, (float *)yv, m};
   OrtStatus *st = g_api->KernelContext_ParallelFor(ctx, run_group, (size_t)TASKS(kern->n), 0, &job);
   free(buf);
   return st;
@@ -341,9 +378,13 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
     free(kern);
     return st;
   }
-  if (kern->k <= 0 || kern->k % QK || kern->n <= 0 || (kern->bits != 4 && kern->bits != 8)) {
+  int codes_ok = (kern->bits == 4 && (kern->zero_point == 0 || kern->zero_point == 8)) ||
+                 (kern->bits == 8 && kern->zero_point == 128);
+  if (kern->k <= 0 || kern->k % QK || kern->n <= 0 || !codes_ok || (kern->precise != 0 && kern->precise != 1)) {
     free(kern);
-    return api->CreateStatus(ORT_INVALID_ARGUMENT, "QMatMul: K must be a positive multiple of 32, N positive, bits 4 or 8");
+    return api->CreateStatus(ORT_INVALID_ARGUMENT,
+                             "QMatMul: K must be a positive multiple of 32, N positive, bits/zero_point 4/0 (Q4_1), 4/8 "
+                             "(Q4_0) or 8/128 (Q8_0), precise 0 or 1");
   }
   *out = kern;
   return NULL;
@@ -381,35 +422,43 @@ const char *qmatmul_path(void) {
 static int start_version(const OrtCustomOp *op) { (void)op; return 1; }
 static int end_version(const OrtCustomOp *op) { (void)op; return 1 << 30; }
 
-static OrtCustomOp g_op;
+/* Written once at load and never again: onnxruntime keeps pointers to it from every session. */
+static const OrtCustomOp g_op = {
+    .version = QMM_ORT_API,
+    .GetName = op_name,
+    .GetExecutionProviderType = op_provider,
+    .GetInputType = input_type,
+    .GetInputTypeCount = input_count,
+    .GetOutputType = output_type,
+    .GetOutputTypeCount = output_count,
+    .KernelDestroy = destroy_kernel,
+    .GetInputCharacteristic = io_required,
+    .GetOutputCharacteristic = io_required,
+    .GetInputMemoryType = input_mem,
+    .CreateKernelV2 = create_kernel,
+    .KernelComputeV2 = compute,
+    .GetStartVersion = start_version,
+    .GetEndVersion = end_version,
+};
 static OrtCustomOpDomain *g_domain;
+static OrtStatus *g_domain_error;
+static pthread_once_t g_domain_once = PTHREAD_ONCE_INIT;
+
+static void make_domain(void) {
+  OrtCustomOpDomain *domain = NULL;
+  OrtStatus *st = g_api->CreateCustomOpDomain("edged.llm", &domain);
+  if (!st) st = g_api->CustomOpDomain_Add(domain, &g_op);
+  if (st) g_domain_error = st;
+  else g_domain = domain;
+}
 
 OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
   /* Everything used here exists since API 17 (onnxruntime 1.17), and OrtApi only grows, so
-   * asking for 17 works with any newer runtime, whatever header version this was built with. */
+   * asking for 17 works with any newer runtime, whatever header version this was built with.
+   * Every call gets the same pointer, so setting it again races with nothing. */
   g_api = base->GetApi(QMM_ORT_API);
   if (!g_api) return NULL; /* older runtime: QMatMul stays unknown and the session says so */
-  memset(&g_op, 0, sizeof(g_op));
-  g_op.version = QMM_ORT_API;
-  g_op.CreateKernelV2 = create_kernel;
-  g_op.KernelComputeV2 = compute;
-  g_op.KernelDestroy = destroy_kernel;
-  g_op.GetName = op_name;
-  g_op.GetExecutionProviderType = op_provider;
-  g_op.GetInputType = input_type;
-  g_op.GetInputTypeCount = input_count;
-  g_op.GetOutputType = output_type;
-  g_op.GetOutputTypeCount = output_count;
-  g_op.GetInputCharacteristic = io_required;
-  g_op.GetOutputCharacteristic = io_required;
-  g_op.GetInputMemoryType = input_mem;
-  g_op.GetStartVersion = start_version;
-  g_op.GetEndVersion = end_version;
-  if (!g_domain) RETURN_IF(g_api->CreateCustomOpDomain("edged.llm", &g_domain));
-  static int added;
-  if (!added) {
-    RETURN_IF(g_api->CustomOpDomain_Add(g_domain, &g_op));
-    added = 1;
-  }
+  pthread_once(&g_domain_once, make_domain);
+  if (g_domain_error) return g_api->CreateStatus(ORT_FAIL, "QMatMul: could not create the edged.llm op domain");
   return g_api->AddCustomOpDomain(options, g_domain);
 }
