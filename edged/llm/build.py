@@ -102,8 +102,15 @@ def is_current(out_dir: Path, source_sha256: str, options: BuildOptions) -> bool
             info = json.loads((out_dir / "model.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        return info.get("cpu") == cpu_signature()
+        return info.get("cpu") == cpu_signature() and info.get("kernel_source") == source_sha256_of_kernel()
     return True
+
+
+def source_sha256_of_kernel() -> str:
+    """sha256 of qmatmul.c: a model compiled from other source is rebuilt."""
+    from .qkernel import SOURCE
+
+    return manifest.sha256_file(SOURCE)
 
 
 def build(gguf_path: str | Path, out_dir: str | Path, options: BuildOptions = BuildOptions(),
@@ -172,6 +179,7 @@ def build(gguf_path: str | Path, out_dir: str | Path, options: BuildOptions = Bu
             }
             if extra_files:  # compiled with -march=native: runs on this kind of CPU only
                 model_info["cpu"] = qkernel.cpu_signature()
+                model_info["kernel_source"] = source_sha256_of_kernel()
             (tmp / "model.json").write_text(json.dumps(model_info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             doc = manifest.write_manifest(
                 tmp, ["decoder.onnx", *(["decoder.onnx.data"] if options.external_data else []),

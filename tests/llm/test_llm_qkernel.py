@@ -280,7 +280,7 @@ def test_nan_and_infinity_propagate_as_in_fp32(libraries, target):
     np.testing.assert_allclose(y[2], qkernel.reference(x[2:], w, precise=True)[0], rtol=0, atol=1e-5)
 
 
-def test_a_pull_on_another_cpu_rebuilds_the_kernel(tiny_kernel_models, tmp_path, monkeypatch):
+def test_a_pull_on_another_cpu_or_with_new_kernel_source_rebuilds(tiny_kernel_models, tmp_path, monkeypatch):
     src, _ = tiny_kernel_models
     out = tmp_path / "m"
     build(src, out, BuildOptions(kernel="precise"))
@@ -290,6 +290,10 @@ def test_a_pull_on_another_cpu_rebuilds_the_kernel(tiny_kernel_models, tmp_path,
     monkeypatch.setattr(qkernel, "cpu_signature", lambda: "x86_64:another")
     build(src, out, BuildOptions(kernel="precise"))
     assert json.loads((out / "model.json").read_text())["cpu"] == "x86_64:another"
+    import edged.llm.build as build_module
+    monkeypatch.setattr(build_module, "source_sha256_of_kernel", lambda: "0" * 64)  # the kernel's source changed
+    build(src, out, BuildOptions(kernel="precise"))
+    assert json.loads((out / "model.json").read_text())["kernel_source"] == "0" * 64
 
 
 def test_engine_loads_only_libraries_its_manifest_lists(tiny_kernel_models, tmp_path):
