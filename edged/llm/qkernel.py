@@ -283,7 +283,9 @@ _ISA_PREFIXES = ("avx", "sse", "ssse", "fma", "f16c", "bmi", "amx", "vaes", "vpc
                  "popcnt", "movbe", "adx", "abm", "lzcnt")
 
 
-SIMD_PATHS = ("avx512-vnni",)  # inner loops faster than onnxruntime's own kernels
+# inner loops faster than onnxruntime's own kernels (decode on this session's Xeon, 1 thread, vs the
+# MatMulNBits graph at 40-42 tok/s: avx2 49-51, avx-vnni 58-61, avx512-vnni 75-84; docs/LLM.md)
+SIMD_PATHS = ("avx512-vnni", "avx-vnni", "avx2")
 
 
 def check_worthwhile(progress: bool = False) -> str:
@@ -297,14 +299,14 @@ def check_worthwhile(progress: bool = False) -> str:
     except OSError as exc:
         raise KernelBuildError(f"a scratch build of the kernel failed: {exc}") from None
     if path not in SIMD_PATHS:
-        raise KernelBuildError(f"this CPU gets QMatMul's {path} loop (no AVX-512 VNNI), which is slower than "
-                               "onnxruntime's own kernels (--kernel yes builds it anyway)")
+        raise KernelBuildError(f"this CPU gets QMatMul's {path} loop (x86 without AVX2, FMA and F16C, or ARM), which "
+                               "is slower than onnxruntime's own kernels (--kernel yes builds it anyway)")
     return path
 
 
 def library_path(library: Path) -> str:
-    """The inner loop a compiled library runs: "avx512-vnni" or "portable" (plain C: correct, but
-    slower than onnxruntime's MatMulNBits, so `edged models pull --kernel auto` does not use it)."""
+    """The inner loop a compiled library runs: "avx512-vnni", "avx-vnni", "avx2" or "portable" (plain
+    C: correct, but slower than onnxruntime's MatMulNBits, so `--kernel auto` does not use it)."""
     import ctypes
 
     try:

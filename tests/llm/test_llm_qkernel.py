@@ -20,7 +20,17 @@ from edged.llm.reference import ReferenceLlama
 
 from .conftest import write_tiny_gguf
 
-TARGETS = ["native", "x86-64-v2"] if platform.machine() == "x86_64" else ["native"]  # v2: no AVX-512
+def _targets() -> list[str]:
+    """-march values to build and test: this CPU's own, and on x86 the portable loop (v2), the AVX2
+    loop (v3) and the AVX-VNNI one (alderlake) where this CPU can run them."""
+    if platform.machine() != "x86_64":
+        return ["native"]
+    flags = set(open("/proc/cpuinfo").read().split())
+    return ["native", "x86-64-v2", *(["x86-64-v3"] if {"avx2", "fma", "f16c"} <= flags else []),
+            *(["alderlake"] if "avx_vnni" in flags else [])]
+
+
+TARGETS = _targets()
 
 
 @pytest.fixture(scope="session")
@@ -224,8 +234,10 @@ def test_each_build_says_which_loop_it_runs(libraries):
     cpu = open("/proc/cpuinfo").read()
     native_simd = bool(re.search(r"\bavx512_vnni\b", cpu)) and bool(re.search(r"\bavx512bw\b", cpu))
     assert qkernel.library_path(libraries["native"]) == ("avx512-vnni" if native_simd else "portable")
-    if "x86-64-v2" in libraries:
-        assert qkernel.library_path(libraries["x86-64-v2"]) == "portable"
+    expected = {"x86-64-v2": "portable", "x86-64-v3": "avx2", "alderlake": "avx-vnni"}
+    for target, path in expected.items():
+        if target in libraries:
+            assert qkernel.library_path(libraries[target]) == path
 
 
 def _session_with(library, w: quant.BlockQuant, **override):

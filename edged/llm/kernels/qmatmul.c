@@ -8,8 +8,8 @@
  *   1  two int8 passes: the residual x - d q (at most d / 2) is coded again in units of d / 128,
  *      so x = d / 128 * (128 q + q2) to within d / 256 (about 14 bits), s_x is the fp32 sum, and
  *      the results are within ~1e-3 relative of the fp32 product of the dequantized weights.
- * The int8 products run on AVX-512 VNNI where the compiler targets it (-march=native on such a
- * CPU), in portable C otherwise.  Python side, layout and a numpy reference: edged/llm/qkernel.py.
+ * The int8 products run on AVX-512 VNNI, on AVX-VNNI or plain AVX2 (256-bit) where the compiler
+ * targets them (-march=native on such a CPU), in portable C otherwise.  Python side, layout and a numpy reference: edged/llm/qkernel.py.
  *
  * Inputs   X float [..., K]
  *          W uint8 [G, K/32, S, 64]  weight codes of 16 rows side by side (qkernel.pack), G = ceil(N/16)
@@ -28,11 +28,13 @@
 
 #include "onnxruntime_c_api.h"
 
-#if defined(__AVX512F__) || defined(__F16C__)
+#if defined(__AVX512F__) || defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define QMM_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define QMM_AVX2 1
 #endif
 
 #define QMM_ORT_API 17
@@ -244,6 +246,73 @@ static void run_group(void *user, size_t i) {
   run_pair(job, g0, groups - g0 < GP ? (int)(groups - g0) : GP);
 }
 #define TASKS(n) ((GROUPS(n) + GP - 1) / GP)
+#elif defined(QMM_AVX2)
+/* The same layout on 256-bit registers: each 64-byte step is rows 0-7 then rows 8-15.  Without
+ * AVX-VNNI, maddubs multiplies unsigned codes by signed bytes into 16-bit pair sums (at most
+ * 2 * 15 * 127: no saturation for 4-bit codes; 8-bit codes are split into nibbles first) and
+ * madd with ones adds the pairs into one int32 per row. */
+static inline __m256i dot4(__m256i acc, __m256i codes, __m256i act) {
+#if defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(acc, codes, act);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(codes, act), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* Sum over one block of codes x activations for 8 rows (one half of the group), one pass. */
+static inline __m256i half_sums(const uint8_t *wp, int bits, const int8_t *ap, int half) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  __m256i is = _mm256_setzero_si256();
+  if (bits == 4) {
+    for (int s = 0; s < 4; s++) {
+      __m256i w = _mm256_loadu_si256((const __m256i *)(wp + s * 64 + half * 32));
+      is = dot4(is, _mm256_and_si256(w, low), _mm256_set1_epi32(four(ap + 8 * s)));
+      is = dot4(is, _mm256_and_si256(_mm256_srli_epi16(w, 4), low), _mm256_set1_epi32(four(ap + 8 * s + 4)));
+    }
+  } else {
+    __m256i hi_sum = _mm256_setzero_si256();
+    for (int s = 0; s < 8; s++) {
+      __m256i w = _mm256_loadu_si256((const __m256i *)(wp + s * 64 + half * 32));
+      __m256i a = _mm256_set1_epi32(four(ap + 4 * s));
+      is = dot4(is, _mm256_and_si256(w, low), a);
+      hi_sum = dot4(hi_sum, _mm256_and_si256(_mm256_srli_epi16(w, 4), low), a);
+    }
+    is = _mm256_add_epi32(is, _mm256_slli_epi32(hi_sum, 4)); /* code = 16 hi + lo */
+  }
+  return is;
+}
+
+static void run_group(void *user, size_t g) {
+  const Job *job = (const Job *)user;
+  const QKernel *kern = job->kern;
+  const int64_t k = kern->k, nb = k / QK, zp = kern->zero_point;
+  const int64_t step_bytes = kern->bits == 4 ? 256 : 512;
+  for (int64_t r = 0; r < job->m; r++) {
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, macc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+      const int64_t ab = r * nb + b, gb = (int64_t)g * nb + b;
+      const uint8_t *wp = job->w + gb * step_bytes;
+      const __m256 da = _mm256_set1_ps(job->act->d[ab]);
+      for (int h = 0; h < 2; h++) {
+        __m256i is = half_sums(wp, (int)kern->bits, job->act->q + r * k + b * QK, h);
+        if (job->act->q2)
+          is = _mm256_add_epi32(_mm256_slli_epi32(is, 7), half_sums(wp, (int)kern->bits, job->act->q2 + r * k + b * QK, h));
+        if (zp) is = _mm256_sub_epi32(is, _mm256_set1_epi32((int32_t)(zp * job->act->sum[ab])));
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(job->dw + gb * ROWS + 8 * h)));
+        acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(is), acc[h]);
+        if (job->mw) {
+          __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(job->mw + gb * ROWS + 8 * h)));
+          macc[h] = _mm256_fmadd_ps(mw, _mm256_set1_ps(job->act->s[ab]), macc[h]);
+        }
+      }
+    }
+    float out[ROWS];
+    _mm256_storeu_ps(out, _mm256_add_ps(acc[0], macc[0]));
+    _mm256_storeu_ps(out + 8, _mm256_add_ps(acc[1], macc[1]));
+    for (int row = 0; row < ROWS && (int64_t)g * ROWS + row < kern->n; row++) job->y[r * kern->n + (int64_t)g * ROWS + row] = out[row];
+  }
+}
+#define TASKS(n) GROUPS(n)
 #else
 /* the activation code of element i: q, or 128 q + q2 in precise mode */
 static inline int32_t code(const QAct *a, int64_t i) { return a->q2 ? 128 * a->q[i] + a->q2[i] : a->q[i]; }
@@ -412,8 +481,12 @@ static OrtMemType input_mem(const OrtCustomOp *op, size_t i) { (void)op; (void)i
 
 /* Which inner loop this build runs: edged.llm.qkernel.library_path() asks before using the build. */
 const char *qmatmul_path(void) {
-#ifdef QMM_AVX512
+#if defined(QMM_AVX512)
   return "avx512-vnni";
+#elif defined(QMM_AVX2) && defined(__AVXVNNI__)
+  return "avx-vnni";
+#elif defined(QMM_AVX2)
+  return "avx2";
 #else
   return "portable";
 #endif
