@@ -363,6 +363,8 @@ def models_list(config: Optional[Path] = ConfigOpt, _v: bool = VersionOpt,
             state += ", in use" if row.get("in_use") else ""
         else:
             size = f", {row['bytes'] / 1e6:.0f} MB" if row.get("bytes") else ""
+            if row.get("kernel"):
+                size += f", QMatMul {row['kernel']}" + ("" if row.get("kernel_cpu_ok") else " (compiled for another CPU: pull again)")
         typer.echo(f"{row['name']:<18} {state}{size}  {row.get('error') or row['description']}  {row['path']}")
 
 

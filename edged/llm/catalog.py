@@ -111,6 +111,9 @@ def list_models(models_dir: str | Path) -> list[dict]:
                 doc = manifest.read_manifest(path)
                 row["source"] = doc.get("source", {}).get("file")
                 row["bytes"] = sum(f["bytes"] for f in doc["files"].values())
+                row["kernel"] = doc.get("build", {}).get("kernel", "")
+                if row["kernel"]:
+                    row["kernel_cpu_ok"] = kernel_cpu_ok(path)
             except manifest.ManifestError as exc:
                 row["error"] = str(exc)
         rows.append(row)
@@ -118,5 +121,24 @@ def list_models(models_dir: str | Path) -> list[dict]:
 
 
 def verify_model(models_dir: str | Path, name: str) -> dict:
-    """Raise :class:`manifest.ManifestError` unless every file matches the manifest."""
-    return manifest.verify(Path(models_dir) / name)
+    """Raise :class:`manifest.ManifestError` unless every file matches the manifest and its kernel,
+    if any, was compiled for this CPU."""
+    path = Path(models_dir) / name
+    doc = manifest.verify(path)
+    if doc.get("build", {}).get("kernel") and not kernel_cpu_ok(path):
+        raise manifest.ManifestError(f"{path}: its QMatMul kernel was compiled for another CPU: rebuild it here with "
+                                     f"`edged models pull {name}`")
+    return doc
+
+
+def kernel_cpu_ok(model_dir: Path) -> bool:
+    """Whether the model's compiled kernel was built for this CPU."""
+    import json
+
+    from .qkernel import cpu_signature
+
+    try:
+        info = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return info.get("cpu") == cpu_signature()

@@ -329,3 +329,20 @@ def test_build_errors_are_kernel_build_errors(tmp_path, monkeypatch):
     blocker.write_text("")
     with pytest.raises(qkernel.KernelBuildError, match="fetching onnxruntime's C headers"):
         qkernel.fetch_headers(blocker / "cache", url="http://127.0.0.1:9/none.tgz")  # parent is a file
+
+
+def test_models_list_and_verify_show_the_kernel_and_its_cpu(tiny_kernel_models, tmp_path, monkeypatch):
+    import shutil
+
+    from edged.llm import catalog
+
+    _, dirs = tiny_kernel_models
+    models = tmp_path / "models"
+    shutil.copytree(dirs["precise"], models / "tiny")
+    row = next(r for r in catalog.list_models(models) if r["name"] == "tiny")
+    assert (row["kernel"], row["kernel_cpu_ok"]) == ("precise", True)
+    catalog.verify_model(models, "tiny")
+    monkeypatch.setattr(qkernel, "cpu_signature", lambda: "x86_64:another")
+    assert next(r for r in catalog.list_models(models) if r["name"] == "tiny")["kernel_cpu_ok"] is False
+    with pytest.raises(manifest.ManifestError, match="compiled for another CPU.*edged models pull tiny"):
+        catalog.verify_model(models, "tiny")
