@@ -80,7 +80,7 @@ static inline int32_t four(const int8_t *p) {
   return v;
 }
 
-static int32_t round_half_even(float v) {
+static inline int32_t round_half_even(float v) {
   /* llama.cpp rounds with _mm256_round_ps(_MM_ROUND_NEAREST): ties to even */
   float r = __builtin_rintf(v); /* default rounding mode: nearest, ties to even */
   return (int32_t)r;
@@ -94,55 +94,108 @@ typedef struct {
   int32_t *sum;  /* [M, nb] sum of the codes (precise: of 128 q + q2) */
 } QAct;
 
+/* One block of 32: largest |x| into *amax; 0 if a value is NaN or infinite. */
+static inline int block_amax(const float *xb, float *amax) {
+#ifdef QMM_AVX512
+  __m512 a0 = _mm512_abs_ps(_mm512_loadu_ps(xb)), a1 = _mm512_abs_ps(_mm512_loadu_ps(xb + 16));
+  const __m512 big = _mm512_set1_ps(3.402823466e38f);
+  if ((_mm512_cmp_ps_mask(a0, big, _CMP_LE_OQ) & _mm512_cmp_ps_mask(a1, big, _CMP_LE_OQ)) != 0xFFFF) return 0;
+  *amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+  return 1;
+#else
+  int finite = 1;
+  float m = 0.0f;
+  for (int i = 0; i < QK; i++) {
+    float v = fabsf(xb[i]);
+    finite &= isfinite(v);
+    m = v > m ? v : m;
+  }
+  *amax = m;
+  return finite;
+#endif
+}
+
+/* codes q = round(x * id) into qb; and in precise mode (rb != NULL) the residual's codes
+ * round((x - d q) * inv), clamped to +-127, into rb.  Returns the sum of q (and of 128 q + q2
+ * into *sum2, the fp32 sum of x into *xs, in precise mode). */
+static inline int32_t block_codes(const float *xb, float d, float id, float inv, int8_t *qb, int8_t *rb,
+                                  int32_t *sum2, float *xs) {
+#ifdef QMM_AVX512
+  int32_t sum = 0, rsum = 0;
+  float xsum = 0.0f;
+  for (int h = 0; h < 2; h++) {
+    __m512 x = _mm512_loadu_ps(xb + 16 * h);
+    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(x, _mm512_set1_ps(id))); /* nearest, ties to even */
+    _mm_storeu_si128((__m128i *)(qb + 16 * h), _mm512_cvtepi32_epi8(q));
+    sum += _mm512_reduce_add_epi32(q);
+    if (rb) {
+      __m512 res = _mm512_sub_ps(x, _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(q)));
+      __m512i q2 = _mm512_cvtps_epi32(_mm512_mul_ps(res, _mm512_set1_ps(inv)));
+      q2 = _mm512_max_epi32(_mm512_min_epi32(q2, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+      _mm_storeu_si128((__m128i *)(rb + 16 * h), _mm512_cvtepi32_epi8(q2));
+      rsum += _mm512_reduce_add_epi32(q2);
+      xsum += _mm512_reduce_add_ps(x);
+    }
+  }
+  if (rb) {
+    *sum2 = 128 * sum + rsum;
+    *xs = xsum;
+  }
+  return sum;
+#else
+  int32_t sum = 0, rsum = 0;
+  float xsum = 0.0f;
+  for (int i = 0; i < QK; i++) {
+    int32_t q = round_half_even(xb[i] * id);
+    qb[i] = (int8_t)q;
+    sum += q;
+    if (rb) {
+      int32_t q2 = round_half_even((xb[i] - d * (float)q) * inv);
+      q2 = q2 > 127 ? 127 : (q2 < -127 ? -127 : q2);
+      rb[i] = (int8_t)q2;
+      rsum += q2;
+      xsum += xb[i];
+    }
+  }
+  if (rb) {
+    *sum2 = 128 * sum + rsum;
+    *xs = xsum;
+  }
+  return sum;
+#endif
+}
+
 static void quantize_rows(const float *x, int64_t m, int64_t k, QAct *a) {
   int64_t nb = k / QK;
   for (int64_t r = 0; r < m; r++) {
     for (int64_t b = 0; b < nb; b++) {
       const float *xb = x + r * k + b * QK;
-      float amax = 0.0f;
-      int finite = 1;
-      for (int i = 0; i < QK; i++) {
-        float v = fabsf(xb[i]);
-        finite &= isfinite(v);
-        amax = v > amax ? v : amax;
-      }
-      if (!finite) { /* a NaN or an infinity: the block's products are NaN, as fp32's would be */
-        memset(a->q + r * k + b * QK, 0, QK);
-        if (a->q2) memset(a->q2 + r * k + b * QK, 0, QK);
-        a->d[r * nb + b] = a->s[r * nb + b] = NAN;
-        a->sum[r * nb + b] = 0;
+      const int64_t ab = r * nb + b;
+      int8_t *qb = a->q + r * k + b * QK, *rb = a->q2 ? a->q2 + r * k + b * QK : NULL;
+      float amax;
+      if (!block_amax(xb, &amax)) { /* a NaN or an infinity: the block's products are NaN, as fp32's would be */
+        memset(qb, 0, QK);
+        if (rb) memset(rb, 0, QK);
+        a->d[ab] = a->s[ab] = NAN;
+        a->sum[ab] = 0;
         continue;
       }
       if (amax < TINY) amax = 0.0f; /* 127 / amax would overflow: such a block adds nothing anyway */
       float d = amax / 127.f;
       float id = amax != 0.0f ? 127.f / amax : 0.0f;
-      int32_t sum = 0;
-      int8_t *qb = a->q + r * k + b * QK;
-      for (int i = 0; i < QK; i++) {
-        int32_t q = round_half_even(xb[i] * id);
-        qb[i] = (int8_t)q;
-        sum += q;
-      }
-      if (a->q2) {
-        /* precise: x = d/128 * (128 q + q2) to within d/256: the residual x - d q (at most d/2)
-         * in units of d/128 fits int8 */
-        int8_t *rb = a->q2 + r * k + b * QK;
-        float unit = d / 128.f, inv = unit != 0.0f ? 1.0f / unit : 0.0f, xs = 0.0f; /* unit: 0 if amax is subnormal */
-        for (int i = 0; i < QK; i++) {
-          int32_t q2 = round_half_even((xb[i] - d * (float)qb[i]) * inv);
-          q2 = q2 > 127 ? 127 : (q2 < -127 ? -127 : q2);
-          rb[i] = (int8_t)q2;
-          xs += xb[i];
-        }
-        sum = 0;
-        for (int i = 0; i < QK; i++) sum += 128 * qb[i] + rb[i];
-        a->d[r * nb + b] = unit;
-        a->s[r * nb + b] = xs;
-        a->sum[r * nb + b] = sum;
+      /* precise: x = d/128 * (128 q + q2) to within d/256: the residual x - d q (at most d/2) in
+       * units of d/128 fits int8.  unit is 0 only when amax is */
+      float unit = d / 128.f, inv = unit != 0.0f ? 1.0f / unit : 0.0f, xs = 0.0f;
+      int32_t sum2 = 0;
+      int32_t sum = block_codes(xb, d, id, inv, qb, rb, &sum2, &xs);
+      if (rb) {
+        a->d[ab] = unit;
+        a->s[ab] = xs;
+        a->sum[ab] = sum2;
       } else {
-        a->d[r * nb + b] = fp16_round(d);
-        a->s[r * nb + b] = fp16_round(d * (float)sum);
-        a->sum[r * nb + b] = sum;
+        a->d[ab] = fp16_round(d);
+        a->s[ab] = fp16_round(d * (float)sum);
+        a->sum[ab] = sum;
       }
     }
   }
@@ -233,11 +286,74 @@ static inline __attribute__((always_inline)) void run_pair_impl(const Job *job, 
   }
 }
 
+/* Several activation rows (a prompt): one group's codes for a block are unpacked once into
+ * registers and used for up to TM rows. */
+#define TM 4
+static inline __attribute__((always_inline)) void run_rows_impl(const Job *job, int64_t g, const int precise) {
+  const QKernel *kern = job->kern;
+  const int64_t k = kern->k, nb = k / QK, zp = kern->zero_point;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  int64_t left = kern->n - g * ROWS;
+  __mmask16 keep = left >= ROWS ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+  for (int64_t r0 = 0; r0 < job->m; r0 += TM) {
+    const int tm = job->m - r0 < TM ? (int)(job->m - r0) : TM;
+    __m512 acc[TM], macc[TM];
+    for (int t = 0; t < TM; t++) acc[t] = macc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+      const int64_t gb = g * nb + b;
+      __m512i c[8]; /* the block's codes: c[j] holds codes 4j..4j+3 of each row */
+      if (kern->bits == 4) {
+        const uint8_t *wp = job->w + gb * 256;
+        for (int s = 0; s < 4; s++) {
+          __m512i w = _mm512_loadu_si512((const void *)(wp + s * 64));
+          c[2 * s] = _mm512_and_si512(w, low);
+          c[2 * s + 1] = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+        }
+      } else {
+        const uint8_t *wp = job->w + gb * 512;
+        for (int s = 0; s < 8; s++) c[s] = _mm512_loadu_si512((const void *)(wp + s * 64));
+      }
+      const __m512 dw = half16(job->dw + gb * ROWS);
+      const __m512 mw = job->mw ? half16(job->mw + gb * ROWS) : _mm512_setzero_ps();
+      for (int t = 0; t < tm; t++) {
+        const int64_t ab = (r0 + t) * nb + b;
+        const int8_t *ap = job->act->q + (r0 + t) * k + b * QK;
+        __m512i is0 = _mm512_setzero_si512(), is1 = _mm512_setzero_si512();
+        for (int j = 0; j < 8; j += 2) {
+          is0 = _mm512_dpbusd_epi32(is0, c[j], _mm512_set1_epi32(four(ap + 4 * j)));
+          is1 = _mm512_dpbusd_epi32(is1, c[j + 1], _mm512_set1_epi32(four(ap + 4 * j + 4)));
+        }
+        __m512i is = _mm512_add_epi32(is0, is1);
+        if (precise) {
+          const int8_t *rp = job->act->q2 + (r0 + t) * k + b * QK;
+          __m512i rs0 = _mm512_setzero_si512(), rs1 = _mm512_setzero_si512();
+          for (int j = 0; j < 8; j += 2) {
+            rs0 = _mm512_dpbusd_epi32(rs0, c[j], _mm512_set1_epi32(four(rp + 4 * j)));
+            rs1 = _mm512_dpbusd_epi32(rs1, c[j + 1], _mm512_set1_epi32(four(rp + 4 * j + 4)));
+          }
+          is = _mm512_add_epi32(_mm512_slli_epi32(is, 7), _mm512_add_epi32(rs0, rs1));
+        }
+        if (zp) is = _mm512_sub_epi32(is, _mm512_set1_epi32((int32_t)(zp * job->act->sum[ab])));
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(job->act->d[ab])), _mm512_cvtepi32_ps(is), acc[t]);
+        if (job->mw) macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(job->act->s[ab]), macc[t]);
+      }
+    }
+    for (int t = 0; t < tm; t++)
+      _mm512_mask_storeu_ps(job->y + (r0 + t) * kern->n + g * ROWS, keep, _mm512_add_ps(acc[t], macc[t]));
+  }
+}
+
 static void run_pair(const Job *job, int64_t g0, int ng) {
-  if (job->act->q2)
-    run_pair_impl(job, g0, ng, 1);
-  else
-    run_pair_impl(job, g0, ng, 0);
+  const int precise = job->act->q2 != NULL;
+  if (job->m == 1) {
+    if (precise) run_pair_impl(job, g0, ng, 1);
+    else run_pair_impl(job, g0, ng, 0);
+    return;
+  }
+  for (int j = 0; j < ng; j++) {
+    if (precise) run_rows_impl(job, g0 + j, 1);
+    else run_rows_impl(job, g0 + j, 0);
+  }
 }
 
 static void run_group(void *user, size_t i) {
