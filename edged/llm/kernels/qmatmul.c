@@ -9,7 +9,8 @@
  *      so x = d / 128 * (128 q + q2) to within d / 256 (about 14 bits), s_x is the fp32 sum, and
  *      the results are within ~1e-3 relative of the fp32 product of the dequantized weights.
  * The int8 products run on AVX-512 VNNI, on AVX-VNNI or plain AVX2 (256-bit) where the compiler
- * targets them (-march=native on such a CPU), in portable C otherwise.  Python side, layout and a numpy reference: edged/llm/qkernel.py.
+ * targets them (-march=native on such a CPU), in portable C otherwise.  Python side, layout and
+ * a numpy reference: edged/llm/qkernel.py.
  *
  * Inputs   X float [..., K]
  *          W uint8 [G, K/32, S, 64]  weight codes of 16 rows side by side (qkernel.pack), G = ceil(N/16)
