@@ -12,7 +12,8 @@ Outputs
 
 Weights: block-quantized matrices become ``com.microsoft.MatMulNBits`` (4- or 8-bit,
 uint8 zero points) and the embedding ``com.microsoft.GatherBlockQuantized``; a Q4_1
-remainder is added as ``blocksum(x) @ corr.T`` (see :mod:`quant`).  GGUF stores the
+remainder is added as ``blocksum(x) @ corr.T`` (see :mod:`quant`).  With ``kernel`` set, the
+fused graph runs every block matrix as edged's own ``edged.llm.QMatMul`` instead (:mod:`qkernel`).  GGUF stores the
 q/k rows of each head interleaved for llama.cpp's pairwise rotary; the rows are put
 back in half-split order (a pure row permutation, exact) so rotary is two slices.
 """
@@ -51,7 +52,7 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.acc = accuracy_level
-        self.kernel = kernel  # block matrices as edged's QMatMul (llama.cpp's arithmetic, see qkernel)
+        self.kernel = kernel  # "precise" | "llama": block matrices as edged's QMatMul in that mode (see qkernel)
         self._n = 0
         self._consts: dict[tuple, str] = {}
 

@@ -1,9 +1,11 @@
 """The QMatMul kernel (edged/llm/kernels/qmatmul.c): weight layout, reference, build.
 
-QMatMul multiplies by a GGUF block matrix the way llama.cpp does: the activations are
-quantized per block of 32 to int8 (llama.cpp's q8_1 / q8_0) and each block contributes
-``d_w * d_x * sum(q_w * q_x)`` (+ ``m_w * s_x`` for Q4_1).  :func:`reference` is that
-arithmetic in numpy (float64 sums), the kernel's test oracle.
+QMatMul multiplies by a GGUF block matrix on int8 dot products: the activations are quantized
+per block of 32 as llama.cpp's q8 does, and each block contributes ``d_w * d_x * sum(q_w * q_x)``
+(+ ``m_w * s_x`` for Q4_1).  Mode "llama" is llama.cpp's own arithmetic (fp16-rounded d_x and
+s_x); mode "precise" codes each block's residual a second time (~14 bits: within ~1e-3 of the
+fp32 product).  :func:`reference` is either arithmetic in numpy (float64 sums), the kernel's
+test oracle.
 
 Weights are stored 16 rows side by side so that one AVX-512 VNNI instruction multiplies 4
 codes of each of the 16 rows by the same 4 activation bytes: for row group ``g`` and block
