@@ -1,7 +1,7 @@
 """One matrix-vector product per decode step, timed: QMatMul against onnxruntime's MatMulNBits.
 
     .venv/bin/python tools/llm/bench_qmatmul.py --gguf ~/.cache/edged/gguf/SmolLM2-135M-Instruct.Q4_1.gguf \
-        [--threads 1] [--runs 7] [--calls 200]
+        [--threads 1] [--runs 7] [--calls 200] [--march native]
 
 For the real model's matrix shapes (layer 0's fused q|k|v, attn_output, fused gate|up, ffn_down,
 and the Q8_0 output matrix), each kernel alone in a one-node ONNX graph, M = 1: QMatMul precise
@@ -9,7 +9,8 @@ and llama (edged/llm/kernels/qmatmul.c, compiled here), MatMulNBits with fp32 ac
 (accuracy_level 0, what the exact graph without the kernel runs; its Q4_1 correction node not
 included) and with int8 activations (accuracy_level 4).  Microseconds per call, median of
 ``--runs`` runs of ``--calls`` calls (onnxruntime's per-call overhead included); the kernels of one
-shape alternate within each run.
+shape alternate within each run.  ``--march``: the QMatMul loop to compile (native: this CPU's
+best; x86-64-v3: AVX2; alderlake: AVX-VNNI; x86-64-v2: portable C).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--march", default="native", help="-march for the QMatMul build (its loop is printed)")
     a = ap.parse_args()
 
     from edged.llm import qkernel, quant
@@ -76,8 +78,9 @@ def main() -> None:
     }
     kinds = ["qmatmul-precise", "qmatmul-llama", "matmulnbits-acc0", "matmulnbits-acc4"]
     with tempfile.TemporaryDirectory() as tmp:
-        library = qkernel.compile_library(Path(tmp) / qkernel.LIBRARY)
-        print(f"threads {a.threads}, median of {a.runs} runs x {a.calls} calls, microseconds per call\n")
+        library = qkernel.compile_library(Path(tmp) / qkernel.LIBRARY, march=a.march)
+        print(f"QMatMul -march={a.march} ({qkernel.library_path(library)} loop); threads {a.threads}, "
+              f"median of {a.runs} runs x {a.calls} calls, microseconds per call\n")
         print("| matrix (N x K) | " + " | ".join(kinds) + " |")
         print("|---|" + "---|" * len(kinds))
         rng = np.random.default_rng(0)
