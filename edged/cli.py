@@ -280,9 +280,9 @@ def models_pull(
                                        "faster decode, slightly lower agreement with llama.cpp; see docs/LLM.md)"),
     kernel: str = typer.Option("auto", "--kernel",
                                help="auto (default), yes or no: compile edged's int8 QMatMul kernel for this CPU (needs a C "
-                                    "compiler and onnxruntime's C headers, fetched once; up to ~2x faster decode on x86 with "
-                                    "AVX2 or AVX-512); auto uses onnxruntime's own kernels where it cannot be built or where "
-                                    "this CPU would run its slower portable loop (ARM so far)"),
+                                    "compiler and onnxruntime's C headers, fetched once; ~2x faster decode on x86 with "
+                                    "AVX-512 VNNI); auto uses onnxruntime's own kernels where it cannot be built or where "
+                                    "this CPU would run one of its slower loops (AVX2 prompts, ARM)"),
     config: Optional[Path] = ConfigOpt,
     _v: bool = VersionOpt,
 ) -> None:

@@ -285,9 +285,11 @@ _ISA_PREFIXES = ("avx", "sse", "ssse", "fma", "f16c", "bmi", "amx", "vaes", "vpc
                  "popcnt", "movbe", "adx", "abm", "lzcnt")
 
 
-# inner loops faster than onnxruntime's own kernels (decode on this session's Xeon, 1 thread, vs the
-# MatMulNBits graph at 40-42 tok/s: avx2 49-51, avx-vnni 58-61, avx512-vnni 75-84; docs/LLM.md)
-SIMD_PATHS = ("avx512-vnni", "avx-vnni", "avx2")
+# inner loops faster than onnxruntime's own kernels at both decode and prompts.  The 256-bit loops
+# (avx-vnni, avx2) decode faster (this session's Xeon, 1 thread: 49-61 vs 40-42 tok/s) but take
+# a prompt at less than half the graph's speed (rows not tiled: 150 vs 356 tok/s), and a daemon's
+# answers are mostly prompt, so only --kernel yes builds them (docs/LLM.md)
+SIMD_PATHS = ("avx512-vnni",)
 
 
 def check_worthwhile(progress: bool = False) -> str:
@@ -301,8 +303,8 @@ def check_worthwhile(progress: bool = False) -> str:
     except OSError as exc:
         raise KernelBuildError(f"a scratch build of the kernel failed: {exc}") from None
     if path not in SIMD_PATHS:
-        raise KernelBuildError(f"this CPU gets QMatMul's {path} loop (x86 without AVX2, FMA and F16C, or ARM), which "
-                               "is slower than onnxruntime's own kernels (--kernel yes builds it anyway)")
+        raise KernelBuildError(f"this CPU gets QMatMul's {path} loop (no AVX-512 VNNI), which is slower than "
+                               "onnxruntime's own kernels on prompts (--kernel yes builds it anyway)")
     return path
 
 

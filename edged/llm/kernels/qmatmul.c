@@ -103,6 +103,21 @@ static inline int block_amax(const float *xb, float *amax) {
   if ((_mm512_cmp_ps_mask(a0, big, _CMP_LE_OQ) & _mm512_cmp_ps_mask(a1, big, _CMP_LE_OQ)) != 0xFFFF) return 0;
   *amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
   return 1;
+#elif defined(QMM_AVX2)
+  const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.402823466e38f);
+  __m256 m = _mm256_setzero_ps();
+  int ok = 0xFF;
+  for (int i = 0; i < QK; i += 8) {
+    __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + i));
+    ok &= _mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_LE_OQ));
+    m = _mm256_max_ps(m, a);
+  }
+  if (ok != 0xFF) return 0;
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  *amax = _mm_cvtss_f32(h);
+  return 1;
 #else
   int finite = 1;
   float m = 0.0f;
@@ -139,6 +154,43 @@ static inline int32_t block_codes(const float *xb, float d, float id, float inv,
     }
   }
   if (rb) {
+    *sum2 = 128 * sum + rsum;
+    *xs = xsum;
+  }
+  return sum;
+#elif defined(QMM_AVX2)
+  int32_t q32[QK], r32[QK];
+  __m256i qsum = _mm256_setzero_si256(), rsumv = _mm256_setzero_si256();
+  __m256 xsumv = _mm256_setzero_ps();
+  for (int i = 0; i < QK; i += 8) {
+    __m256 x = _mm256_loadu_ps(xb + i);
+    __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(x, _mm256_set1_ps(id))); /* nearest, ties to even */
+    _mm256_storeu_si256((__m256i *)(q32 + i), q);
+    qsum = _mm256_add_epi32(qsum, q);
+    if (rb) {
+      __m256 res = _mm256_sub_ps(x, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q)));
+      __m256i q2 = _mm256_cvtps_epi32(_mm256_mul_ps(res, _mm256_set1_ps(inv)));
+      q2 = _mm256_max_epi32(_mm256_min_epi32(q2, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+      _mm256_storeu_si256((__m256i *)(r32 + i), q2);
+      rsumv = _mm256_add_epi32(rsumv, q2);
+      xsumv = _mm256_add_ps(xsumv, x);
+    }
+  }
+  int32_t lanes[8];
+  float flanes[8];
+  int32_t sum = 0, rsum = 0;
+  float xsum = 0.0f;
+  _mm256_storeu_si256((__m256i *)lanes, qsum);
+  for (int i = 0; i < 8; i++) sum += lanes[i];
+  for (int i = 0; i < QK; i++) qb[i] = (int8_t)q32[i];
+  if (rb) {
+    _mm256_storeu_si256((__m256i *)lanes, rsumv);
+    _mm256_storeu_ps(flanes, xsumv);
+    for (int i = 0; i < 8; i++) {
+      rsum += lanes[i];
+      xsum += flanes[i];
+    }
+    for (int i = 0; i < QK; i++) rb[i] = (int8_t)r32[i];
     *sum2 = 128 * sum + rsum;
     *xs = xsum;
   }
