@@ -78,7 +78,8 @@ def precision_options(precision: str = "exact", kernel: bool = False, **options)
     return BuildOptions(**{**options, **use})
 
 
-def _progress(enabled: bool, total: int, desc: str):
+def progress_bar(enabled: bool, total: int | None, desc: str):
+    """A tqdm byte counter when ``enabled`` and tqdm is installed, else a null context (None)."""
     if not enabled:
         return nullcontext(None)
     try:
@@ -120,7 +121,7 @@ def build(gguf_path: str | Path, out_dir: str | Path, options: BuildOptions = Bu
 
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     size = gguf_path.stat().st_size
-    with _progress(progress, 2 * size, f"build {out_dir.name}") as bar:
+    with progress_bar(progress, 2 * size, f"build {out_dir.name}") as bar:
         step = bar.update if bar is not None else None
         source_sha = manifest.sha256_file(gguf_path, step)
         if is_current(out_dir, source_sha, options):

@@ -216,40 +216,26 @@ def _download(url: str, path: Path, progress: bool) -> str:
     import hashlib
     import urllib.request
 
+    from .build import progress_bar
+
     digest = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as out:
-        bar = _bar(progress, int(resp.headers.get("Content-Length") or 0))
-        while chunk := resp.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
+        with progress_bar(progress, int(resp.headers.get("Content-Length") or 0) or None, "onnxruntime headers") as bar:
+            while chunk := resp.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
     return digest.hexdigest()
 
 
-def _bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total or None, desc="onnxruntime headers", unit="B", unit_scale=True, unit_divisor=1024)
-
-
-def ort_include_dir(fetch: bool = True, progress: bool = False) -> Path:
-    """``$ORT_INCLUDE_DIR`` when set, else the cache (fetched when ``fetch``)."""
+def ort_include_dir(progress: bool = False) -> Path:
+    """``$ORT_INCLUDE_DIR`` when set, else the cache (downloaded the first time)."""
     env = os.environ.get("ORT_INCLUDE_DIR")
     if env:
         if not _has_headers(Path(env)):
             raise KernelBuildError(f"ORT_INCLUDE_DIR={env} does not hold {', '.join(HEADERS)}")
         return Path(env)
-    if _has_headers(header_cache()) or not fetch:
-        if not _has_headers(header_cache()):
-            raise KernelBuildError(f"onnxruntime's C headers are not in {header_cache()} (set ORT_INCLUDE_DIR)")
-        return header_cache()
     return fetch_headers(progress=progress)
 
 

@@ -37,7 +37,7 @@ TARGETS = _targets()
 def libraries(tmp_path_factory):
     """The op compiled for this CPU and, on x86, for a baseline one (the portable C path)."""
     root = tmp_path_factory.mktemp("qmatmul")
-    include = qkernel.ort_include_dir(fetch=True)  # downloads onnxruntime's headers once per machine
+    include = qkernel.ort_include_dir()  # downloads onnxruntime's headers once per machine
     return {t: qkernel.compile_library(root / f"qmatmul-{t}.so", include, march=t) for t in TARGETS}
 
 
