@@ -41,6 +41,8 @@ def main(argv=None):
     ap.add_argument("--step-day", type=int, default=11)
     ap.add_argument("--set", action="append", help="override a shipped Param, field=value")
     args = ap.parse_args(argv)
+    if args.spike_day < 2:
+        ap.error("--spike-day must be 2 or later: the detector learns on day 1 and raises nothing there")
     if args.step_day <= args.spike_day:
         ap.error("--step-day must come after --spike-day")
 

@@ -15,14 +15,13 @@ out-of-fold files together) comes from tools/anomaly/nab_eval.py's in-process ha
 detector settings, the batch path that `edged replay` runs. The published detectors' scores on
 the same 35 files are from ../shared/eval/README.md.
 
-    .venv/bin/python tools/anomaly/nab_table.py            # print the table (~2 min on 2 cores)
+    .venv/bin/python tools/anomaly/nab_table.py            # print the table (~1.5 min on 2 cores)
     .venv/bin/python tools/anomaly/nab_table.py --write    # also replace the generated block in docs/BENCHMARKS.md
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -37,7 +36,8 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import nab_eval as ne  # noqa: E402 (sets up sys.path and the thread env for the harness)
-from edged.anomaly.features import Params, score_from_channels  # noqa: E402
+from edged.anomaly.features import Params  # noqa: E402
+from edged.manifest import read_manifest, sha256_file, write_manifest  # noqa: E402
 
 MODEL_DIR = REPO / "models" / "edged-anomaly-mlp"
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
@@ -47,6 +47,7 @@ PUBLISHED = [  # ../shared/eval/README.md: same 35 files, their stored threshold
     ("CAD OSE (published)", 61.20, 56.94, 66.31),
     ("KNN CAD (published)", 52.97, 40.14, 59.56),
 ]
+DEV_ROOT = Path(ne.EVAL_DIR).parent / "data" / "nab-dev"
 BEGIN, END = "<!-- nab_table.py --write: begin -->", "<!-- nab_table.py --write: end -->"
 
 
@@ -57,26 +58,24 @@ def edged_bin() -> str:
     return found
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def float_model_dir(root: Path) -> Path:
     """The shipped model directory with the float encoder where the daemon loads the int8 one."""
-    out = root / "float-model"
-    shutil.copytree(MODEL_DIR, out)
-    shutil.copyfile(out / "model.onnx", out / "model.int8.onnx")
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["files"]["model.int8.onnx"] = {"sha256": sha256(out / "model.int8.onnx"),
-                                            "bytes": (out / "model.int8.onnx").stat().st_size}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    out = root / "models" / "float"
+    shutil.copytree(MODEL_DIR, out, dirs_exist_ok=True)
+    int8 = out / "model.int8.onnx"
+    shutil.copyfile(out / "model.onnx", int8)
+    manifest = read_manifest(out)
+    for entry in manifest.files:
+        if entry.path == int8.name:
+            entry.sha256, entry.bytes = sha256_file(int8), int8.stat().st_size
+    write_manifest(out, manifest)
     return out
 
 
 def no_model_dir(root: Path) -> Path:
     """The shipped model directory whose detector.json leaves the model channel out."""
-    out = root / "no-model"
-    shutil.copytree(MODEL_DIR, out)
+    out = root / "models" / "no-model"
+    shutil.copytree(MODEL_DIR, out, dirs_exist_ok=True)
     spec = json.loads((out / "detector.json").read_text())
     spec["params"]["use"] = [c for c in spec["params"]["use"] if c != "model"]
     (out / "detector.json").write_text(json.dumps(spec, indent=2) + "\n")
@@ -86,19 +85,27 @@ def no_model_dir(root: Path) -> Path:
 def replay_and_score(name: str, root: Path, config: str, extra: list[str], data: Path, nab_root: Path) -> dict:
     cfg = root / f"{name}.toml"
     cfg.write_text(config)
-    out = root / name
+    out = root / "results" / name
+    shutil.rmtree(out, ignore_errors=True)  # a --keep folder from an earlier run
+    # only the config written here: EDGED_* variables would override its keys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
     t0 = time.perf_counter()
-    subprocess.run([edged_bin(), "replay", str(data), "--out", str(out), "-c", str(cfg), "-q", *extra],
-                   check=True, env={**os.environ, "EDGED_CONFIG": str(cfg)})
+    run([edged_bin(), "replay", str(data), "--out", str(out), "-c", str(cfg), "-q", *extra], env)
     replay_s = time.perf_counter() - t0
     scores = {}
     for mode, flag in (("opt", ["--optimize"]), ("fixed", ["--threshold", "0.5"])):
         js = root / f"{name}.{mode}.json"
-        subprocess.run([sys.executable, str(Path(ne.EVAL_DIR) / "nab_score.py"), "--results", str(out),
-                        "--detector", "edged", "--nab-root", str(nab_root), "--json", str(js), *flag],
-                       check=True, capture_output=True)
+        run([sys.executable, str(Path(ne.EVAL_DIR) / "nab_score.py"), "--results", str(out),
+             "--detector", "edged", "--nab-root", str(nab_root), "--json", str(js), *flag], env)
         scores[mode] = json.loads(js.read_text())["profiles"]
     return {"scores": scores, "replay_s": replay_s}
+
+
+def run(cmd: list[str], env: dict) -> None:
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = "\n  ".join((r.stderr or r.stdout).strip().splitlines()[-5:])
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {r.returncode}):\n  {tail}")
 
 
 def loco_fixed(corpus, params: Params, model_path: str | None) -> float:
@@ -131,6 +138,10 @@ def table(rows: list[tuple[str, dict | None, float | None]]) -> str:
     return "\n".join(lines)
 
 
+def corpus_name(nab_root: Path) -> str:
+    return "../shared/data/nab-dev" if nab_root.resolve() == DEV_ROOT.resolve() else str(nab_root)
+
+
 def write_doc(body: str) -> Path:
     path = REPO / "docs" / "BENCHMARKS.md"
     text = path.read_text()
@@ -148,21 +159,32 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     nab_root = Path(ne.NAB_ROOT)
+    if args.write and nab_root.resolve() != DEV_ROOT.resolve():
+        raise SystemExit(f"NAB_ROOT={nab_root} is not the dev corpus ({DEV_ROOT}): "
+                         "--write only records the dev corpus's table")
+    if args.keep:
+        root = Path(args.keep)
+        root.mkdir(parents=True, exist_ok=True)
+        return build(args, nab_root, root)
+    with tempfile.TemporaryDirectory(prefix="nab_table_") as tmp:
+        return build(args, nab_root, Path(tmp))
+
+
+def build(args, nab_root: Path, root: Path) -> int:
     data = nab_root / "data"
-    root = Path(args.keep or tempfile.mkdtemp(prefix="nab_table_"))
-    root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     shipped = json.loads((MODEL_DIR / "detector.json").read_text())["params"]
     params = Params.from_dict(shipped)
-    model_cfg = '[anomaly]\ndetector = "model"\nmodel_dir = "{}"\n'
+    def model_cfg(directory: Path) -> str:
+        return f'[anomaly]\ndetector = "model"\nmodel_dir = {json.dumps(str(directory))}\n'
     variants = [  # (label, name, config, extra replay args, LOCO params, LOCO model file)
-        ("edged `model`, shipped (int8 encoder)", "shipped", model_cfg.format(MODEL_DIR), [],
+        ("edged `model`, shipped (int8 encoder)", "shipped", model_cfg(MODEL_DIR), [],
          params, str(MODEL_DIR / "model.int8.onnx")),
-        ("same, float encoder", "float", model_cfg.format(float_model_dir(root)), [],
+        ("same, float encoder", "float", model_cfg(float_model_dir(root)), [],
          params, str(MODEL_DIR / "model.onnx")),
-        ("same, ablation: no model", "no-model", model_cfg.format(no_model_dir(root)), [],
+        ("same, ablation: no model", "no-model", model_cfg(no_model_dir(root)), [],
          params.with_(use=tuple(c for c in params.use if c != "model")), None),
-        ("same, every metric `recurring = \"quiet\"`", "quiet", model_cfg.format(MODEL_DIR), ["--recurring", "quiet"],
+        ("same, every metric `recurring = \"quiet\"`", "quiet", model_cfg(MODEL_DIR), ["--recurring", "quiet"],
          params.quieted(), str(MODEL_DIR / "model.int8.onnx")),
         ("edged `zscore` (the built-in detector)", "zscore", '[anomaly]\ndetector = "zscore"\n', [], None, None),
     ]
@@ -182,7 +204,7 @@ def main(argv=None) -> int:
     took = time.perf_counter() - t0
     rows_n = sum(len(corpus.frames[f]) for f in corpus.files)
     note = (f"Generated by `tools/anomaly/nab_table.py --write` in {took:.0f} s on {machine()}: "
-            f"`edged replay` over the {len(corpus.files)} files of ../shared/data/nab-dev ({rows_n:,} rows; "
+            f"`edged replay` over the {len(corpus.files)} files of {corpus_name(nab_root)} ({rows_n:,} rows; "
             f"the shipped detector's replay took {shipped_replay_s:.1f} s, {rows_n / shipped_replay_s:,.0f} rows/s "
             "including the process start and model load; tools/anomaly/bench.py measures the scoring rate), scored by ../shared/eval/nab_score.py (NAB v1.1 rules); LOCO by "
             "tools/anomaly/nab_eval.py's harness on the same settings.")
@@ -190,8 +212,6 @@ def main(argv=None) -> int:
     print(body)
     if args.write:
         print(f"wrote {write_doc(note + chr(10) + chr(10) + body)}", file=sys.stderr)
-    if not args.keep:
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
